@@ -1,0 +1,439 @@
+#!/usr/bin/env bash
+# Real VNC test peers on 127.0.0.1 for guacr's integration tests.
+#
+#   scripts/peers.sh install [EXTRA_PKG...]   apt-get the packages the peers need (only the missing ones)
+#   scripts/peers.sh start                    start every peer that is not already running (idempotent)
+#   scripts/peers.sh stop                     stop every process we started (by recorded PID only)
+#   scripts/peers.sh status                   print each peer as up/down (exit 0 only if all are up)
+#   scripts/peers.sh env                      print shell-sourceable GUACR_* variables
+#
+# Peers:
+#   changing  Xvfb :51 + x11vnc on 127.0.0.1:5901; xclock and `top` in an xterm keep the screen changing
+#   static    Xtigervnc :52 on 127.0.0.1:5902; plaid xsetroot root + one static xterm (cursor hidden);
+#             nothing on it changes by itself, for pixel comparison
+#   typing    Xtigervnc :53 on 127.0.0.1:5903; an 80x24 xterm at +0+0 running bash, for typing tests
+# All three use VNC password "guacpass".
+#
+# Keyboard focus on :53: there is no window manager, so the X server's focus is PointerRoot and key
+# events go to the window under the pointer. The pointer starts at the screen centre (512,384), which
+# lies inside the xterm, and tests should still move the pointer to (GUACR_TYPING_POINTER_X,
+# GUACR_TYPING_POINTER_Y) = (200,150) before typing.
+#
+# State (logs/, pids/, the password files) lives in ${GUACR_RUN:-<repo>/run}. Each process is started
+# with setsid; its PID (which is also its process group ID) and, after the exec, its executable are
+# recorded, so a recycled PID is never mistaken for ours. Ports or displays held by anything we did not
+# start make `start` refuse.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RUN=${GUACR_RUN:-$REPO/run}
+LOGS=$RUN/logs
+PIDS=$RUN/pids
+PASSWORD=guacpass
+PASSWD_FILE=$RUN/vnc.passwd
+START_TIMEOUT_S=10
+
+PACKAGES=(xvfb xauth x11-utils x11-apps x11-xserver-utils xterm fonts-dejavu-core procps iproute2
+  x11vnc tigervnc-standalone-server tigervnc-tools)
+
+# Component names, in start order. Stop goes over all of them.
+COMPONENTS=(xvfb51 x11vnc51 xclock51 xterm51 xtigervnc52 xterm52 xtigervnc53 xterm53)
+
+die() {
+  echo "peers.sh: error: $*" >&2
+  exit 1
+}
+note() { echo "peers.sh: $*" >&2; }
+
+# ---------------------------------------------------------------------------------------------------
+# install
+
+pkg_installed() {
+  [[ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null || true)" == "install ok installed" ]]
+}
+
+cmd_install() {
+  local missing=() p
+  for p in "${PACKAGES[@]}" "$@"; do
+    pkg_installed "$p" || missing+=("$p")
+  done
+  if ((${#missing[@]} == 0)); then
+    note "all packages present"
+    return 0
+  fi
+  if [[ $(id -u) -ne 0 ]]; then
+    die "missing packages: ${missing[*]}; run 'scripts/peers.sh install' as root (or install them yourself)"
+  fi
+  note "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+  for p in "${missing[@]}"; do
+    pkg_installed "$p" || die "package $p is still not installed after apt-get install"
+  done
+}
+
+# ---------------------------------------------------------------------------------------------------
+# process bookkeeping
+
+# Prints the process state letter (R, S, Z, ...) or nothing if the process is gone.
+proc_state() {
+  local line
+  line=$(grep -m1 '^State:' "/proc/$1/status" 2>/dev/null) || return 0
+  line=${line#State:}
+  line=${line#"${line%%[![:space:]]*}"}
+  printf '%s' "${line:0:1}"
+}
+
+# Alive and not a zombie (a killed daemon re-parented to PID 1 may be reaped late).
+pid_alive() {
+  local st
+  st=$(proc_state "$1")
+  [[ -n "$st" && "$st" != Z && "$st" != X ]]
+}
+
+# Start time (field 22 of /proc/PID/stat), to recognise a PID again later.
+pid_starttime() {
+  local stat
+  stat=$(cat "/proc/$1/stat" 2>/dev/null) || return 0
+  stat=${stat##*) }
+  # After "comm) " the fields start at field 3 (state); starttime is field 22.
+  awk '{print $20}' <<<"$stat"
+}
+
+pid_exe() { readlink "/proc/$1/exe" 2>/dev/null || true; }
+
+# Recorded PID of a component that is ours and alive; non-zero otherwise.
+ours_pid() {
+  local name=$1 pid exe
+  [[ -f "$PIDS/$name.pid" && -f "$PIDS/$name.exe" ]] || return 1
+  pid=$(<"$PIDS/$name.pid")
+  exe=$(<"$PIDS/$name.exe")
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  pid_alive "$pid" || return 1
+  [[ "$(pid_exe "$pid")" == "$exe" ]] || return 1
+  printf '%s' "$pid"
+}
+
+log_tail() {
+  local f=$LOGS/$1.log
+  if [[ -f "$f" ]]; then
+    echo "---- last lines of $f ----" >&2
+    tail -n 25 "$f" >&2 || true
+    echo "----" >&2
+  fi
+}
+
+# spawn NAME EXE_NAME CMD...: start CMD detached in its own session; record PID and executable.
+spawn() {
+  local name=$1 bin=$2
+  shift 2
+  local want
+  want=$(readlink -f "$(command -v "$bin")") || die "$bin not found; run scripts/peers.sh install"
+  echo "==== $(date '+%F %T') starting: $*" >>"$LOGS/$name.log"
+  # fd 9 is the lock; the daemons must not inherit it.
+  setsid "$@" </dev/null >>"$LOGS/$name.log" 2>&1 9>&- &
+  local pid=$!
+  echo "$pid" >"$PIDS/$name.pid"
+  rm -f "$PIDS/$name.exe"
+  # Right after fork the exe is still bash or setsid; wait for the exec of the real program.
+  local i exe=
+  for ((i = 0; i < 200; i++)); do
+    exe=$(pid_exe "$pid")
+    [[ "$exe" == "$want" ]] && break
+    if ! pid_alive "$pid"; then
+      log_tail "$name"
+      die "$name ($*) exited at once"
+    fi
+    sleep 0.01
+  done
+  [[ "$exe" == "$want" ]] || {
+    log_tail "$name"
+    die "$name: pid $pid never became $want (exe: ${exe:-none})"
+  }
+  echo "$exe" >"$PIDS/$name.exe"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# readiness
+
+port_listening() { [[ -n "$(ss -Hltn "sport = :$1" 2>/dev/null)" ]]; }
+display_answers() { xdpyinfo -display ":$1" >/dev/null 2>&1; }
+window_mapped() { xwininfo -display ":$1" -root -tree 2>/dev/null | grep -q -- "\"$2\""; }
+
+# Something (not ours) holds the display: an answering server or a lock file with a live PID.
+display_taken() {
+  local n=$1 lockpid
+  display_answers "$n" && return 0
+  if [[ -f /tmp/.X$n-lock ]]; then
+    lockpid=$(tr -dc 0-9 <"/tmp/.X$n-lock")
+    [[ -n "$lockpid" ]] && pid_alive "$lockpid" && return 0
+  fi
+  return 1
+}
+
+# wait_for DEADLINE_NS NAME WHAT CHECK...: poll CHECK every 20 ms until it succeeds or the deadline.
+wait_for() {
+  local deadline=$1 name=$2 what=$3
+  shift 3
+  while ! "$@"; do
+    if ! ours_pid "$name" >/dev/null; then
+      log_tail "$name"
+      die "$name died while waiting for $what"
+    fi
+    if (($(date +%s%N) > deadline)); then
+      log_tail "$name"
+      die "$name: $what not ready within ${START_TIMEOUT_S}s"
+    fi
+    sleep 0.02
+  done
+}
+
+# ---------------------------------------------------------------------------------------------------
+# start
+
+ensure_passwd() {
+  if [[ ! -s "$PASSWD_FILE" ]]; then
+    command -v vncpasswd >/dev/null || die "vncpasswd not found; run scripts/peers.sh install"
+    (umask 077 && printf '%s\n' "$PASSWORD" | vncpasswd -f >"$PASSWD_FILE.tmp")
+    mv "$PASSWD_FILE.tmp" "$PASSWD_FILE"
+  fi
+  # A plain-text copy for tools that want the password itself.
+  (umask 077 && printf '%s\n' "$PASSWORD" >"$RUN/vnc.password")
+}
+
+# start_x NAME DISPLAY PORT: refuse if the display or port is held by someone else.
+refuse_foreign() {
+  local name=$1 disp=$2 port=$3
+  if display_taken "$disp"; then
+    die "display :$disp is held by something we did not start (needed for $name); not touching it"
+  fi
+  if port_listening "$port"; then
+    die "port $port is held by something we did not start (needed for $name): $(ss -Hltnp "sport = :$port" | head -1)"
+  fi
+}
+
+start_changing() {
+  local deadline=$(($(date +%s%N) + START_TIMEOUT_S * 1000000000))
+  if ! ours_pid xvfb51 >/dev/null; then
+    # The X server is gone: so are its clients and its VNC server's reason to live.
+    if ours_pid x11vnc51 >/dev/null; then stop_components x11vnc51; fi
+    refuse_foreign xvfb51 51 5901
+    spawn xvfb51 Xvfb Xvfb :51 -screen 0 1024x768x24 -nolisten tcp -noreset
+  fi
+  wait_for "$deadline" xvfb51 "display :51" display_answers 51
+  if ! ours_pid x11vnc51 >/dev/null; then
+    port_listening 5901 && die "port 5901 is held by something we did not start"
+    spawn x11vnc51 x11vnc x11vnc -display :51 -rfbport 5901 -listen 127.0.0.1 -noipv6 -rfbportv6 -1 \
+      -rfbauth "$PASSWD_FILE" -forever -shared -noxdamage -nopw -quiet
+  fi
+  if ! ours_pid xclock51 >/dev/null; then
+    spawn xclock51 xclock env DISPLAY=:51 xclock -update 1 -geometry 200x200+800+540
+  fi
+  if ! ours_pid xterm51 >/dev/null; then
+    spawn xterm51 xterm env DISPLAY=:51 xterm -T guacr-top -fa DejaVuSansMono -fs 11 \
+      -geometry 100x30+20+20 -e top -d 0.5
+  fi
+  wait_for "$deadline" x11vnc51 "port 5901" port_listening 5901
+  wait_for "$deadline" xclock51 "xclock window" window_mapped 51 xclock
+  wait_for "$deadline" xterm51 "top xterm window" window_mapped 51 guacr-top
+}
+
+# start_tigervnc NAME DISPLAY PORT
+start_tigervnc() {
+  local name=$1 disp=$2 port=$3
+  refuse_foreign "$name" "$disp" "$port"
+  spawn "$name" Xtigervnc Xtigervnc ":$disp" -geometry 1024x768 -depth 24 -rfbport "$port" \
+    -interface 127.0.0.1 -SecurityTypes VncAuth -PasswordFile "$PASSWD_FILE" -AlwaysShared \
+    -nolisten tcp -desktop "guacr-test-$disp"
+}
+
+start_static() {
+  local deadline=$(($(date +%s%N) + START_TIMEOUT_S * 1000000000)) fresh=0
+  if ! ours_pid xtigervnc52 >/dev/null; then
+    start_tigervnc xtigervnc52 52 5902
+    fresh=1
+  fi
+  wait_for "$deadline" xtigervnc52 "display :52" display_answers 52
+  wait_for "$deadline" xtigervnc52 "port 5902" port_listening 5902
+  if ((fresh)); then
+    # A deterministic, colourful root: 16x16 plaid of two colours.
+    DISPLAY=:52 xsetroot -mod 16 16 -fg '#d03020' -bg '#2040c0' 9>&- ||
+      die "xsetroot on :52 failed"
+  fi
+  if ! ours_pid xterm52 >/dev/null; then
+    # Static text; the cursor is hidden (DECTCEM) so focus changes do not redraw it.
+    spawn xterm52 xterm env DISPLAY=:52 xterm -T guacr-static +bc -fa DejaVuSansMono -fs 14 \
+      -bg black -fg white -geometry 60x10+40+40 \
+      -e sh -c 'printf "\033[?25lguacr static screen\n\nABCDEFGHIJKLMNOPQRSTUVWXYZ 0123456789\n"; exec sleep infinity'
+  fi
+  wait_for "$deadline" xterm52 "static xterm window" window_mapped 52 guacr-static
+}
+
+start_typing() {
+  local deadline=$(($(date +%s%N) + START_TIMEOUT_S * 1000000000))
+  if ! ours_pid xtigervnc53 >/dev/null; then
+    start_tigervnc xtigervnc53 53 5903
+  fi
+  wait_for "$deadline" xtigervnc53 "display :53" display_answers 53
+  wait_for "$deadline" xtigervnc53 "port 5903" port_listening 5903
+  if ! ours_pid xterm53 >/dev/null; then
+    spawn xterm53 xterm env DISPLAY=:53 PS1='$ ' xterm -T guacr-typing +bc -fa DejaVuSansMono -fs 14 \
+      -bg black -fg white -geometry 80x24+0+0 -e bash --norc --noprofile
+  fi
+  wait_for "$deadline" xterm53 "typing xterm window" window_mapped 53 guacr-typing
+}
+
+cmd_start() {
+  local b
+  for b in Xvfb x11vnc Xtigervnc xdpyinfo xwininfo xsetroot xclock xterm vncpasswd ss setsid; do
+    command -v "$b" >/dev/null || die "$b not found; run scripts/peers.sh install (as root)"
+  done
+  ensure_passwd
+  start_changing
+  start_static
+  start_typing
+  note "all peers up (run dir $RUN)"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# stop
+
+# Prints the descendants of PID, recursively, one "pid starttime" per line.
+descendants() {
+  local child
+  for child in $(ps -o pid= --ppid "$1" 2>/dev/null || true); do
+    echo "$child $(pid_starttime "$child")"
+    descendants "$child"
+  done
+}
+
+# stop_components NAME...: TERM (group + descendants), wait up to 5 s, then KILL what is left.
+stop_components() {
+  local name pid victims=() groups=() line
+  for name in "$@"; do
+    pid=$(ours_pid "$name") || {
+      rm -f "$PIDS/$name.pid" "$PIDS/$name.exe"
+      continue
+    }
+    groups+=("$pid")
+    victims+=("$pid $(pid_starttime "$pid")")
+    while read -r line; do
+      [[ -n "$line" ]] && victims+=("$line")
+    done < <(descendants "$pid")
+  done
+  ((${#victims[@]} == 0)) && return 0
+  for pid in "${groups[@]}"; do
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  for line in "${victims[@]}"; do
+    kill -TERM "${line%% *}" 2>/dev/null || true
+  done
+  local i left
+  for ((i = 0; i < 250; i++)); do
+    left=0
+    for line in "${victims[@]}"; do
+      same_process "$line" && left=1 && break
+    done
+    ((left)) || break
+    sleep 0.02
+  done
+  for line in "${victims[@]}"; do
+    if same_process "$line"; then
+      note "pid ${line%% *} did not exit after TERM; sending KILL"
+      kill -KILL "${line%% *}" 2>/dev/null || true
+    fi
+  done
+  for name in "$@"; do
+    rm -f "$PIDS/$name.pid" "$PIDS/$name.exe"
+  done
+}
+
+# "pid starttime" still names the same live (non-zombie) process.
+same_process() {
+  local pid=${1%% *} st=${1#* }
+  pid_alive "$pid" && [[ "$(pid_starttime "$pid")" == "$st" ]]
+}
+
+cmd_stop() {
+  [[ -d "$PIDS" ]] || return 0
+  stop_components "${COMPONENTS[@]}"
+  note "stopped"
+}
+
+# ---------------------------------------------------------------------------------------------------
+# status, env
+
+peer_status() {
+  local peer=$1 disp=$2 port=$3
+  shift 3
+  local name pid ok=1 detail=()
+  for name in "$@"; do
+    if pid=$(ours_pid "$name"); then
+      detail+=("$name=$pid")
+    else
+      detail+=("$name=down")
+      ok=0
+    fi
+  done
+  port_listening "$port" || {
+    ok=0
+    detail+=("port $port closed")
+  }
+  display_answers "$disp" || {
+    ok=0
+    detail+=("display :$disp not answering")
+  }
+  printf '%-9s %-4s 127.0.0.1:%s display :%s  %s\n' "$peer" "$([[ $ok == 1 ]] && echo up || echo down)" \
+    "$port" "$disp" "${detail[*]}"
+  return $((1 - ok))
+}
+
+cmd_status() {
+  local rc=0
+  peer_status changing 51 5901 xvfb51 x11vnc51 xclock51 xterm51 || rc=1
+  peer_status static 52 5902 xtigervnc52 xterm52 || rc=1
+  peer_status typing 53 5903 xtigervnc53 xterm53 || rc=1
+  return $rc
+}
+
+cmd_env() {
+  cat <<EOF
+export GUACR_RUN='$RUN'
+export GUACR_VNC_CHANGING=127.0.0.1:5901
+export GUACR_VNC_STATIC=127.0.0.1:5902
+export GUACR_VNC_TYPING=127.0.0.1:5903
+export GUACR_VNC_PASSWORD=$PASSWORD
+export GUACR_VNC_PASSWD_FILE='$PASSWD_FILE'
+export GUACR_DISPLAY_CHANGING=:51
+export GUACR_DISPLAY_STATIC=:52
+export GUACR_DISPLAY_TYPING=:53
+export GUACR_TYPING_POINTER_X=200
+export GUACR_TYPING_POINTER_Y=150
+EOF
+}
+
+# ---------------------------------------------------------------------------------------------------
+
+main() {
+  local cmd=${1:-}
+  [[ $# -gt 0 ]] && shift
+  case "$cmd" in
+  install) cmd_install "$@" ;;
+  env) cmd_env ;;
+  start | stop | status)
+    mkdir -p "$LOGS" "$PIDS"
+    chmod 700 "$RUN"
+    # One peers.sh at a time per run dir.
+    exec 9>"$RUN/.lock"
+    flock -w 30 9 || die "another peers.sh holds $RUN/.lock"
+    "cmd_$cmd"
+    ;;
+  *)
+    sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    exit 2
+    ;;
+  esac
+}
+
+main "$@"

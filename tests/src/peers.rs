@@ -1,0 +1,176 @@
+//! The real VNC peers started by `scripts/peers.sh start`, read from the variables that
+//! `scripts/peers.sh env` prints (with the same defaults when they are unset).
+//!
+//! A test that needs a peer must call [`VncPeer::require_up`] (or [`require_up`]) first: it panics
+//! when the peer is not listening, so a test never passes without its server.
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+/// VNC password of every peer.
+pub const DEFAULT_PASSWORD: &str = "guacpass";
+
+/// One VNC server and the X display behind it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VncPeer {
+    /// What it is for: "changing", "static" or "typing".
+    pub role: &'static str,
+    pub addr: SocketAddr,
+    /// X display, e.g. ":52".
+    pub display: String,
+    pub password: String,
+}
+
+impl VncPeer {
+    /// `hostname`.
+    pub fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    /// `port`.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Panics (with how to fix it) unless the peer accepts TCP connections. Returns `self`.
+    pub fn require_up(&self) -> &Self {
+        require_up_named(
+            self.addr,
+            &format!("{} VNC peer (display {})", self.role, self.display),
+        );
+        self
+    }
+
+    /// The `vnc` connection parameters for this peer: hostname, port, password.
+    pub fn vnc_params(&self) -> Vec<(String, String)> {
+        vec![
+            ("hostname".into(), self.host()),
+            ("port".into(), self.port().to_string()),
+            ("password".into(), self.password.clone()),
+        ]
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v.trim().to_owned(),
+        _ => default.to_owned(),
+    }
+}
+
+fn peer(
+    role: &'static str,
+    addr_var: &str,
+    addr: &str,
+    display_var: &str,
+    display: &str,
+) -> VncPeer {
+    let a = env_or(addr_var, addr);
+    let addr = a
+        .parse()
+        .unwrap_or_else(|e| panic!("{addr_var}={a:?} is not an address like 127.0.0.1:5901: {e}"));
+    VncPeer {
+        role,
+        addr,
+        display: env_or(display_var, display),
+        password: password(),
+    }
+}
+
+/// `GUACR_VNC_PASSWORD`, default `guacpass`.
+pub fn password() -> String {
+    env_or("GUACR_VNC_PASSWORD", DEFAULT_PASSWORD)
+}
+
+/// Xvfb :51 + x11vnc on 127.0.0.1:5901: a clock and `top`, so the screen keeps changing.
+pub fn changing() -> VncPeer {
+    peer(
+        "changing",
+        "GUACR_VNC_CHANGING",
+        "127.0.0.1:5901",
+        "GUACR_DISPLAY_CHANGING",
+        ":51",
+    )
+}
+
+/// Xtigervnc :52 on 127.0.0.1:5902: a plaid root and a static xterm; nothing changes by itself.
+pub fn static_screen() -> VncPeer {
+    peer(
+        "static",
+        "GUACR_VNC_STATIC",
+        "127.0.0.1:5902",
+        "GUACR_DISPLAY_STATIC",
+        ":52",
+    )
+}
+
+/// Xtigervnc :53 on 127.0.0.1:5903: an 80x24 xterm at the top left running bash, for typing.
+/// Keyboard focus follows the pointer (no window manager): move the pointer to
+/// [`typing_pointer`] before typing.
+pub fn typing() -> VncPeer {
+    peer(
+        "typing",
+        "GUACR_VNC_TYPING",
+        "127.0.0.1:5903",
+        "GUACR_DISPLAY_TYPING",
+        ":53",
+    )
+}
+
+/// A point inside the typing xterm (`GUACR_TYPING_POINTER_X/Y`, default 200,150).
+pub fn typing_pointer() -> (i32, i32) {
+    let x = env_or("GUACR_TYPING_POINTER_X", "200")
+        .parse()
+        .unwrap_or(200);
+    let y = env_or("GUACR_TYPING_POINTER_Y", "150")
+        .parse()
+        .unwrap_or(150);
+    (x, y)
+}
+
+/// The plaid colours `xsetroot -mod 16 16 -fg '#d03020' -bg '#2040c0'` paints on the static peer.
+pub const STATIC_ROOT_FG: [u8; 3] = [0xd0, 0x30, 0x20];
+pub const STATIC_ROOT_BG: [u8; 3] = [0x20, 0x40, 0xc0];
+
+/// Panics unless something accepts TCP connections on `addr`.
+pub fn require_up(addr: SocketAddr) {
+    require_up_named(addr, "peer");
+}
+
+fn require_up_named(addr: SocketAddr, what: &str) {
+    if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+        panic!(
+            "\n\n*** {what} at {addr} is not accepting connections ({e}).\n\
+             *** Start the test peers first: scripts/peers.sh start  (check: scripts/peers.sh status)\n\
+             *** A test never passes or skips without its server.\n\n"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        // Only meaningful when the variables are unset, as in a plain `cargo test`.
+        if std::env::var_os("GUACR_VNC_STATIC").is_none() {
+            assert_eq!(static_screen().addr, "127.0.0.1:5902".parse().unwrap());
+        }
+        if std::env::var_os("GUACR_DISPLAY_TYPING").is_none() {
+            assert_eq!(typing().display, ":53");
+        }
+        let p = changing();
+        assert_eq!(p.vnc_params()[0].0, "hostname");
+    }
+
+    #[test]
+    #[should_panic(expected = "not accepting connections")]
+    fn require_up_panics_on_a_closed_port() {
+        // Bind then drop: the port is (almost certainly) closed afterwards.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        require_up(addr);
+    }
+}

@@ -1,0 +1,166 @@
+#![doc = include_str!("../README.md")]
+
+use std::time::Duration;
+
+use nix::sys::resource::{setrlimit, Resource};
+use shm_proto::{ControlChannel, FrameWriter, FromWorker, ShmError, ToWorker};
+
+/// How often a worker says it is alive without being asked.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkerError {
+    #[error("usage: {0}")]
+    Usage(String),
+    #[error("inherited descriptor {fd} is missing: {source}")]
+    MissingFd { fd: i32, source: nix::Error },
+    #[error("shared memory: {0}")]
+    Shm(#[from] ShmError),
+    #[error("control channel: {0}")]
+    Control(#[from] shm_proto::ControlError),
+    #[error("lock-down step {step} failed: {source}")]
+    Lockdown { step: &'static str, source: nix::Error },
+    #[error("supervisor (pid {expected}) is gone")]
+    Orphaned { expected: i32 },
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Command-line of a worker, as the supervisor writes it.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    pub session_id: String,
+    pub supervisor_pid: i32,
+    pub log_level: String,
+    /// Address-space limit in bytes.
+    pub max_memory: u64,
+}
+
+impl WorkerArgs {
+    /// Parses `--session ID --parent PID [--log LEVEL] [--max-memory BYTES]`.
+    pub fn from_env() -> Result<WorkerArgs, WorkerError> {
+        Self::parse(std::env::args().skip(1))
+    }
+
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<WorkerArgs, WorkerError> {
+        let mut parsed =
+            WorkerArgs { session_id: String::new(), supervisor_pid: 0, log_level: "info".into(), max_memory: 1 << 30 };
+        let mut args = args.into_iter();
+        while let Some(flag) = args.next() {
+            let value = args.next().ok_or_else(|| WorkerError::Usage(format!("{flag} needs a value")))?;
+            let bad = || WorkerError::Usage(format!("bad value for {flag}"));
+            match flag.as_str() {
+                "--session" => parsed.session_id = value,
+                "--parent" => parsed.supervisor_pid = value.parse().map_err(|_| bad())?,
+                "--log" => parsed.log_level = value,
+                "--max-memory" => parsed.max_memory = value.parse().map_err(|_| bad())?,
+                _ => return Err(WorkerError::Usage(format!("unknown flag {flag}; this program is started by guacr"))),
+            }
+        }
+        if parsed.session_id.is_empty() || parsed.supervisor_pid <= 0 {
+            return Err(WorkerError::Usage(
+                "--session and --parent are required; this program is started by guacr".into(),
+            ));
+        }
+        Ok(parsed)
+    }
+}
+
+/// Logs go to stderr as plain lines; the supervisor re-emits each line inside the session's span.
+pub fn init_logging(level: &str) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// Locks the process down before it talks to any remote server: dies with the supervisor, cannot gain
+/// privileges through exec, bounded memory and descriptors, no core dumps (a core would hold credentials
+/// and screen contents).
+pub fn lockdown(args: &WorkerArgs) -> Result<(), WorkerError> {
+    use nix::sys::prctl;
+    prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|source| WorkerError::Lockdown { step: "pdeathsig", source })?;
+    // The supervisor may have died between fork and prctl; then we were re-parented already.
+    if nix::unistd::getppid().as_raw() != args.supervisor_pid {
+        return Err(WorkerError::Orphaned { expected: args.supervisor_pid });
+    }
+    let limit = |resource, value: u64, step| {
+        setrlimit(resource, value, value).map_err(|source| WorkerError::Lockdown { step, source })
+    };
+    limit(Resource::RLIMIT_CORE, 0, "rlimit core")?;
+    limit(Resource::RLIMIT_NOFILE, 64, "rlimit nofile")?;
+    limit(Resource::RLIMIT_AS, args.max_memory, "rlimit as")?;
+    prctl::set_no_new_privs().map_err(|source| WorkerError::Lockdown { step: "no_new_privs", source })?;
+    prctl::set_dumpable(false).map_err(|source| WorkerError::Lockdown { step: "dumpable", source })?;
+    Ok(())
+}
+
+/// The worker's two channels to the supervisor.
+pub struct WorkerSession {
+    pub control: ControlChannel,
+    pub frames: FrameWriter,
+}
+
+impl WorkerSession {
+    /// Takes the descriptors at their fixed numbers. Must run inside a tokio runtime.
+    pub fn attach() -> Result<WorkerSession, WorkerError> {
+        let take = |fd| shm_proto::inherited_fd(fd).map_err(|source| WorkerError::MissingFd { fd, source });
+        let control = ControlChannel::new(take(shm_proto::WORKER_CONTROL_FD)?)?;
+        let frames = FrameWriter::attach(take(shm_proto::WORKER_SHM_FD)?)?;
+        Ok(WorkerSession { control, frames })
+    }
+
+    /// Waits for the `Start` message, answering heartbeats meanwhile. `None` if told to shut down.
+    pub async fn wait_for_start(&self) -> Result<Option<ToWorker>, WorkerError> {
+        loop {
+            match self.control.recv::<ToWorker>().await? {
+                Some(start @ ToWorker::Start { .. }) => return Ok(Some(start)),
+                Some(ToWorker::Heartbeat) => self.control.send(&FromWorker::Heartbeat).await?,
+                Some(ToWorker::Shutdown) | None => return Ok(None),
+                Some(_) => {} // input before start is dropped, never a crash
+            }
+        }
+    }
+
+    /// Publishes pending damage if the supervisor has released the front, and wakes it.
+    pub async fn publish(&mut self) -> Result<(), WorkerError> {
+        if let Some(seq) = self.frames.try_publish() {
+            self.control.send(&FromWorker::Published { seq }).await?;
+        }
+        Ok(())
+    }
+
+    /// Reports a fatal error with a Guacamole status code. The caller exits afterwards.
+    pub async fn fail(&self, status: u16, message: impl Into<String>) {
+        let message = message.into();
+        tracing::error!(status, %message, "Session failed");
+        let _ = self.control.send(&FromWorker::Failed { status, message }).await;
+    }
+}
+
+/// Exit code for a worker that ended because of an error it already reported.
+pub const EXIT_REPORTED: i32 = 2;
+/// Exit code for a worker started wrongly (not by the supervisor).
+pub const EXIT_USAGE: i32 = 64;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn args_parse() {
+        let a =
+            WorkerArgs::parse(["--session", "$x", "--parent", "12", "--max-memory", "100"].map(String::from)).unwrap();
+        assert_eq!((a.session_id.as_str(), a.supervisor_pid, a.max_memory), ("$x", 12, 100));
+        assert!(WorkerArgs::parse(["--session".to_string()]).is_err());
+        assert!(WorkerArgs::parse(Vec::<String>::new()).is_err());
+        assert!(WorkerArgs::parse(["--bogus", "1"].map(String::from)).is_err());
+    }
+}
