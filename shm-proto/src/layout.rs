@@ -105,7 +105,7 @@ mod tests {
     #[test]
     fn regions_do_not_overlap() {
         let g = Geometry::DEFAULT;
-        assert!(OFF_SLOTS + 2 * SLOT_SIZE <= PAGE);
+        const { assert!(OFF_SLOTS + 2 * SLOT_SIZE <= PAGE) };
         assert!(g.damage_offset(1) + g.damage_capacity as usize * OP_SIZE <= g.surface_offset(0));
         assert!(g.surface_offset(0) + g.surface_bytes() <= g.surface_offset(1));
         assert_eq!(g.surface_offset(0) % PAGE, 0);

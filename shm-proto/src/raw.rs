@@ -32,7 +32,7 @@ impl SharedMap {
     fn checked_ptr(&self, offset: usize, len: usize, align: usize) -> *mut u8 {
         let end = offset.checked_add(len).expect("shared-memory offset overflow");
         assert!(end <= self.map.len(), "shared-memory access out of range: {offset}+{len}");
-        assert!(offset % align == 0, "misaligned shared-memory access at {offset}");
+        assert!(offset.is_multiple_of(align), "misaligned shared-memory access at {offset}");
         // The base of an mmap is page aligned, so offset alignment is pointer alignment.
         self.map.as_ptr().wrapping_add(offset).cast_mut()
     }

@@ -30,7 +30,7 @@ fn step(k: u32) -> Step {
     };
     let (w, h) = (1 + next(WIDTH / 2), 1 + next(HEIGHT / 2));
     let fill = Rect::new(next(WIDTH - w), 1 + next(HEIGHT - 1 - h), w, h);
-    let copy = (k % 7 == 0).then(|| {
+    let copy = k.is_multiple_of(7).then(|| {
         let (w, h) = (1 + next(WIDTH / 3), 1 + next(HEIGHT / 3));
         let dst = Rect::new(next(WIDTH - w), 1 + next(HEIGHT - 1 - h), w, h);
         (next(WIDTH - w), 1 + next(HEIGHT - 1 - h), dst)

@@ -1,1 +1,7 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
 
+pub mod clipboard;
+pub mod rfb;
+pub mod settings;
+pub mod worker;

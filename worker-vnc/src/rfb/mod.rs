@@ -555,7 +555,8 @@ impl Client {
             }
             State::UpdateDone => {
                 self.state = State::Ready;
-                self.request_update(!std::mem::take(&mut self.full_refresh));
+                let full = std::mem::take(&mut self.full_refresh);
+                self.request_update(!full);
                 Ok(Step::event(0, Event::UpdateEnd))
             }
             State::SkipCutText { left } => {
