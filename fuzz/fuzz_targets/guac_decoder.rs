@@ -6,9 +6,7 @@
 
 #![no_main]
 
-use guac_proto::{
-    ClientInstruction, DecodeError, Decoder, Instruction, MAX_ELEMENTS, MAX_INSTRUCTION_BYTES,
-};
+use guac_proto::{ClientInstruction, DecodeError, Decoder, Instruction, MAX_ELEMENTS, MAX_INSTRUCTION_BYTES};
 use libfuzzer_sys::fuzz_target;
 
 fn decode(chunks: &[&[u8]]) -> (Vec<Instruction>, Option<DecodeError>) {

@@ -51,21 +51,14 @@ fuzz_target!(|data: &[u8]| {
                 assert!(!finished);
                 assert!(hs.is_complete());
                 assert_eq!(request.params.len(), names.len());
-                assert!(request
-                    .params
-                    .iter()
-                    .zip(names)
-                    .all(|((name, _), expected)| name == expected));
+                assert!(request.params.iter().zip(names).all(|((name, _), expected)| name == expected));
                 let _ = format!("{request:?}");
                 finished = true;
             }
             Err(error) => {
                 assert!(!finished || error == HandshakeError::Finished);
                 finished = true;
-                assert_eq!(
-                    hs.handle(&instruction, now),
-                    Err(HandshakeError::Finished)
-                );
+                assert_eq!(hs.handle(&instruction, now), Err(HandshakeError::Finished));
             }
         }
         assert!(hs.poll_timeout() >= start);

@@ -15,11 +15,7 @@ use crate::{Instruction, ProtocolVersion};
 pub enum InstructionError {
     /// The instruction has the wrong number of arguments.
     #[error("{opcode}: expected {expected} arguments, got {got}")]
-    WrongArity {
-        opcode: String,
-        expected: &'static str,
-        got: usize,
-    },
+    WrongArity { opcode: String, expected: &'static str, got: usize },
     /// Argument `index` (0 is the first after the opcode) is not a number in range, or not `0`/`1`
     /// where a flag is expected.
     #[error("{opcode}: argument {index} is not a valid number")]
@@ -41,11 +37,7 @@ pub enum ClientInstruction {
     /// to join.
     Select { target: String },
     /// `size width height [dpi]`: the handshake's display size, or a runtime resize request.
-    Size {
-        width: u32,
-        height: u32,
-        dpi: Option<u32>,
-    },
+    Size { width: u32, height: u32, dpi: Option<u32> },
     /// `audio mimetype...` during the handshake: audio formats the client can play. At runtime the
     /// same opcode opens a microphone stream; use [`ClientInstruction::parse_runtime`] there.
     Audio { mimetypes: Vec<String> },
@@ -59,10 +51,7 @@ pub enum ClientInstruction {
     Name { name: String },
     /// `connect [version] value...`. A client older than 1.1.0 sends no version: when the first
     /// value does not start with `VERSION_`, the version is 1.0.0 and every value is a parameter.
-    Connect {
-        version: ProtocolVersion,
-        values: Vec<String>,
-    },
+    Connect { version: ProtocolVersion, values: Vec<String> },
     /// `sync timestamp [frames]`: frame acknowledgement.
     Sync { timestamp: u64 },
     /// `mouse x y mask [...]`: pointer state. Mask bits: 1 left, 2 middle, 4 right, 8 wheel up,
@@ -73,24 +62,12 @@ pub enum ClientInstruction {
     /// `clipboard stream mimetype`: opens a clipboard stream.
     Clipboard { stream: u32, mimetype: String },
     /// `file stream mimetype name`: opens an upload.
-    File {
-        stream: u32,
-        mimetype: String,
-        name: String,
-    },
+    File { stream: u32, mimetype: String, name: String },
     /// `pipe stream mimetype name`: opens a named pipe stream.
-    Pipe {
-        stream: u32,
-        mimetype: String,
-        name: String,
-    },
+    Pipe { stream: u32, mimetype: String, name: String },
     /// `argv stream mimetype name`: a new value for parameter `name` (also the answer to
     /// `required`).
-    Argv {
-        stream: u32,
-        mimetype: String,
-        name: String,
-    },
+    Argv { stream: u32, mimetype: String, name: String },
     /// `audio stream mimetype` at runtime: opens a microphone stream. Only
     /// [`ClientInstruction::parse_runtime`] produces it.
     AudioInput { stream: u32, mimetype: String },
@@ -99,30 +76,13 @@ pub enum ClientInstruction {
     /// `end stream`: closes a stream.
     End { stream: u32 },
     /// `ack stream message status`: acknowledges a server blob.
-    Ack {
-        stream: u32,
-        message: String,
-        status: u16,
-    },
+    Ack { stream: u32, message: String, status: u16 },
     /// `get object name`: asks a filesystem object for a stream.
     Get { object: u32, name: String },
     /// `put object stream mimetype name`: uploads into a filesystem object.
-    Put {
-        object: u32,
-        stream: u32,
-        mimetype: String,
-        name: String,
-    },
+    Put { object: u32, stream: u32, mimetype: String, name: String },
     /// `touch id x y rx ry angle force`: multi-touch state.
-    Touch {
-        id: i32,
-        x: i32,
-        y: i32,
-        rx: i32,
-        ry: i32,
-        angle: f64,
-        force: f64,
-    },
+    Touch { id: i32, x: i32, y: i32, rx: i32, ry: i32, angle: f64, force: f64 },
     /// `nop`: keep-alive.
     Nop,
     /// `disconnect`: the user leaves.
@@ -167,34 +127,19 @@ fn parse(i: &Instruction, phase: Phase) -> Result<ClientInstruction, Instruction
     let parsed = match i.opcode() {
         "select" => {
             a.arity(1, 1, "1")?;
-            ClientInstruction::Select {
-                target: a.string(0),
-            }
+            ClientInstruction::Select { target: a.string(0) }
         }
         "size" => {
             a.arity(2, 3, "2 or 3")?;
-            ClientInstruction::Size {
-                width: a.number(0)?,
-                height: a.number(1)?,
-                dpi: a.optional_number(2)?,
-            }
+            ClientInstruction::Size { width: a.number(0)?, height: a.number(1)?, dpi: a.optional_number(2)? }
         }
         "audio" if phase == Phase::Runtime => {
             a.arity(2, 2, "2")?;
-            ClientInstruction::AudioInput {
-                stream: a.number(0)?,
-                mimetype: a.string(1),
-            }
+            ClientInstruction::AudioInput { stream: a.number(0)?, mimetype: a.string(1) }
         }
-        "audio" => ClientInstruction::Audio {
-            mimetypes: a.strings(),
-        },
-        "video" => ClientInstruction::Video {
-            mimetypes: a.strings(),
-        },
-        "image" => ClientInstruction::Image {
-            mimetypes: a.strings(),
-        },
+        "audio" => ClientInstruction::Audio { mimetypes: a.strings() },
+        "video" => ClientInstruction::Video { mimetypes: a.strings() },
+        "image" => ClientInstruction::Image { mimetypes: a.strings() },
         "timezone" => {
             a.arity(1, 1, "1")?;
             ClientInstruction::Timezone { name: a.string(0) }
@@ -213,91 +158,53 @@ fn parse(i: &Instruction, phase: Phase) -> Result<ClientInstruction, Instruction
                 }
                 _ => ProtocolVersion::V1_0_0,
             };
-            ClientInstruction::Connect {
-                version,
-                values: values.map(str::to_owned).collect(),
-            }
+            ClientInstruction::Connect { version, values: values.map(str::to_owned).collect() }
         }
         "sync" => {
             a.arity(1, 2, "1 or 2")?;
-            ClientInstruction::Sync {
-                timestamp: a.number(0)?,
-            }
+            ClientInstruction::Sync { timestamp: a.number(0)? }
         }
         "mouse" => {
             a.arity(3, usize::MAX, "at least 3")?;
-            ClientInstruction::Mouse {
-                x: a.number(0)?,
-                y: a.number(1)?,
-                mask: a.number(2)?,
-            }
+            ClientInstruction::Mouse { x: a.number(0)?, y: a.number(1)?, mask: a.number(2)? }
         }
         "key" => {
             a.arity(2, 2, "2")?;
-            ClientInstruction::Key {
-                keysym: a.number(0)?,
-                pressed: a.flag(1)?,
-            }
+            ClientInstruction::Key { keysym: a.number(0)?, pressed: a.flag(1)? }
         }
         "clipboard" => {
             a.arity(2, 2, "2")?;
-            ClientInstruction::Clipboard {
-                stream: a.number(0)?,
-                mimetype: a.string(1),
-            }
+            ClientInstruction::Clipboard { stream: a.number(0)?, mimetype: a.string(1) }
         }
         "file" => {
             a.arity(3, 3, "3")?;
-            ClientInstruction::File {
-                stream: a.number(0)?,
-                mimetype: a.string(1),
-                name: a.string(2),
-            }
+            ClientInstruction::File { stream: a.number(0)?, mimetype: a.string(1), name: a.string(2) }
         }
         "pipe" => {
             a.arity(3, 3, "3")?;
-            ClientInstruction::Pipe {
-                stream: a.number(0)?,
-                mimetype: a.string(1),
-                name: a.string(2),
-            }
+            ClientInstruction::Pipe { stream: a.number(0)?, mimetype: a.string(1), name: a.string(2) }
         }
         "argv" => {
             a.arity(3, 3, "3")?;
-            ClientInstruction::Argv {
-                stream: a.number(0)?,
-                mimetype: a.string(1),
-                name: a.string(2),
-            }
+            ClientInstruction::Argv { stream: a.number(0)?, mimetype: a.string(1), name: a.string(2) }
         }
         "blob" => {
             a.arity(2, 2, "2")?;
             let stream = a.number(0)?;
-            let data = BASE64
-                .decode(a.str(1))
-                .map_err(|_| InstructionError::BadBase64 { stream })?;
+            let data = BASE64.decode(a.str(1)).map_err(|_| InstructionError::BadBase64 { stream })?;
             ClientInstruction::Blob { stream, data }
         }
         "end" => {
             a.arity(1, 1, "1")?;
-            ClientInstruction::End {
-                stream: a.number(0)?,
-            }
+            ClientInstruction::End { stream: a.number(0)? }
         }
         "ack" => {
             a.arity(3, 3, "3")?;
-            ClientInstruction::Ack {
-                stream: a.number(0)?,
-                message: a.string(1),
-                status: a.number(2)?,
-            }
+            ClientInstruction::Ack { stream: a.number(0)?, message: a.string(1), status: a.number(2)? }
         }
         "get" => {
             a.arity(2, 2, "2")?;
-            ClientInstruction::Get {
-                object: a.number(0)?,
-                name: a.string(1),
-            }
+            ClientInstruction::Get { object: a.number(0)?, name: a.string(1) }
         }
         "put" => {
             a.arity(4, 4, "4")?;
@@ -329,9 +236,7 @@ fn parse(i: &Instruction, phase: Phase) -> Result<ClientInstruction, Instruction
             ClientInstruction::Disconnect
         }
         "" => ClientInstruction::Internal { args: a.strings() },
-        opcode => ClientInstruction::Unknown {
-            opcode: opcode.to_owned(),
-        },
+        opcode => ClientInstruction::Unknown { opcode: opcode.to_owned() },
     };
     Ok(parsed)
 }
@@ -340,21 +245,12 @@ fn parse(i: &Instruction, phase: Phase) -> Result<ClientInstruction, Instruction
 struct Args<'a>(&'a Instruction);
 
 impl Args<'_> {
-    fn arity(
-        &self,
-        min: usize,
-        max: usize,
-        expected: &'static str,
-    ) -> Result<(), InstructionError> {
+    fn arity(&self, min: usize, max: usize, expected: &'static str) -> Result<(), InstructionError> {
         let got = self.0.args_len();
         if (min..=max).contains(&got) {
             Ok(())
         } else {
-            Err(InstructionError::WrongArity {
-                opcode: self.0.opcode().to_owned(),
-                expected,
-                got,
-            })
+            Err(InstructionError::WrongArity { opcode: self.0.opcode().to_owned(), expected, got })
         }
     }
 
@@ -372,10 +268,7 @@ impl Args<'_> {
     }
 
     fn bad_number(&self, index: usize) -> InstructionError {
-        InstructionError::BadNumber {
-            opcode: self.0.opcode().to_owned(),
-            index,
-        }
+        InstructionError::BadNumber { opcode: self.0.opcode().to_owned(), index }
     }
 
     /// A decimal integer: digits with an optional leading `-` (rejected by unsigned types).
@@ -408,9 +301,7 @@ impl Args<'_> {
     /// A finite decimal number such as `0.5` or `-12`.
     fn real(&self, index: usize) -> Result<f64, InstructionError> {
         let text = self.str(index);
-        let plain = text
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e' || b == b'E');
+        let plain = text.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'e' || b == b'E');
         match text.parse::<f64>() {
             Ok(value) if plain && value.is_finite() => Ok(value),
             _ => Err(self.bad_number(index)),
@@ -423,116 +314,51 @@ impl fmt::Debug for ClientInstruction {
         use ClientInstruction as C;
         match self {
             C::Select { target } => f.debug_struct("Select").field("target", target).finish(),
-            C::Size { width, height, dpi } => f
-                .debug_struct("Size")
-                .field("width", width)
-                .field("height", height)
-                .field("dpi", dpi)
-                .finish(),
-            C::Audio { mimetypes } => f
-                .debug_struct("Audio")
-                .field("mimetypes", mimetypes)
-                .finish(),
-            C::Video { mimetypes } => f
-                .debug_struct("Video")
-                .field("mimetypes", mimetypes)
-                .finish(),
-            C::Image { mimetypes } => f
-                .debug_struct("Image")
-                .field("mimetypes", mimetypes)
-                .finish(),
+            C::Size { width, height, dpi } => {
+                f.debug_struct("Size").field("width", width).field("height", height).field("dpi", dpi).finish()
+            }
+            C::Audio { mimetypes } => f.debug_struct("Audio").field("mimetypes", mimetypes).finish(),
+            C::Video { mimetypes } => f.debug_struct("Video").field("mimetypes", mimetypes).finish(),
+            C::Image { mimetypes } => f.debug_struct("Image").field("mimetypes", mimetypes).finish(),
             C::Timezone { name } => f.debug_struct("Timezone").field("name", name).finish(),
             C::Name { name } => f.debug_struct("Name").field("name", name).finish(),
             C::Connect { version, values } => f
                 .debug_struct("Connect")
                 .field("version", version)
-                .field(
-                    "values",
-                    &format_args!("<{} values redacted>", values.len()),
-                )
+                .field("values", &format_args!("<{} values redacted>", values.len()))
                 .finish(),
-            C::Sync { timestamp } => f
-                .debug_struct("Sync")
-                .field("timestamp", timestamp)
-                .finish(),
-            C::Mouse { x, y, mask } => f
-                .debug_struct("Mouse")
-                .field("x", x)
-                .field("y", y)
-                .field("mask", mask)
-                .finish(),
-            C::Key { keysym, pressed } => f
-                .debug_struct("Key")
-                .field("keysym", keysym)
-                .field("pressed", pressed)
-                .finish(),
-            C::Clipboard { stream, mimetype } => f
-                .debug_struct("Clipboard")
-                .field("stream", stream)
-                .field("mimetype", mimetype)
-                .finish(),
-            C::File {
-                stream,
-                mimetype,
-                name,
-            } => stream_debug(f, "File", *stream, mimetype, name),
-            C::Pipe {
-                stream,
-                mimetype,
-                name,
-            } => stream_debug(f, "Pipe", *stream, mimetype, name),
-            C::Argv {
-                stream,
-                mimetype,
-                name,
-            } => stream_debug(f, "Argv", *stream, mimetype, name),
-            C::AudioInput { stream, mimetype } => f
-                .debug_struct("AudioInput")
-                .field("stream", stream)
-                .field("mimetype", mimetype)
-                .finish(),
+            C::Sync { timestamp } => f.debug_struct("Sync").field("timestamp", timestamp).finish(),
+            C::Mouse { x, y, mask } => f.debug_struct("Mouse").field("x", x).field("y", y).field("mask", mask).finish(),
+            C::Key { keysym, pressed } => {
+                f.debug_struct("Key").field("keysym", keysym).field("pressed", pressed).finish()
+            }
+            C::Clipboard { stream, mimetype } => {
+                f.debug_struct("Clipboard").field("stream", stream).field("mimetype", mimetype).finish()
+            }
+            C::File { stream, mimetype, name } => stream_debug(f, "File", *stream, mimetype, name),
+            C::Pipe { stream, mimetype, name } => stream_debug(f, "Pipe", *stream, mimetype, name),
+            C::Argv { stream, mimetype, name } => stream_debug(f, "Argv", *stream, mimetype, name),
+            C::AudioInput { stream, mimetype } => {
+                f.debug_struct("AudioInput").field("stream", stream).field("mimetype", mimetype).finish()
+            }
             C::Blob { stream, data } => f
                 .debug_struct("Blob")
                 .field("stream", stream)
                 .field("data", &format_args!("<{} bytes>", data.len()))
                 .finish(),
             C::End { stream } => f.debug_struct("End").field("stream", stream).finish(),
-            C::Ack {
-                stream,
-                message,
-                status,
-            } => f
-                .debug_struct("Ack")
-                .field("stream", stream)
-                .field("message", message)
-                .field("status", status)
-                .finish(),
-            C::Get { object, name } => f
-                .debug_struct("Get")
-                .field("object", object)
-                .field("name", name)
-                .finish(),
-            C::Put {
-                object,
-                stream,
-                mimetype,
-                name,
-            } => f
+            C::Ack { stream, message, status } => {
+                f.debug_struct("Ack").field("stream", stream).field("message", message).field("status", status).finish()
+            }
+            C::Get { object, name } => f.debug_struct("Get").field("object", object).field("name", name).finish(),
+            C::Put { object, stream, mimetype, name } => f
                 .debug_struct("Put")
                 .field("object", object)
                 .field("stream", stream)
                 .field("mimetype", mimetype)
                 .field("name", name)
                 .finish(),
-            C::Touch {
-                id,
-                x,
-                y,
-                rx,
-                ry,
-                angle,
-                force,
-            } => f
+            C::Touch { id, x, y, rx, ry, angle, force } => f
                 .debug_struct("Touch")
                 .field("id", id)
                 .field("x", x)
@@ -550,18 +376,8 @@ impl fmt::Debug for ClientInstruction {
     }
 }
 
-fn stream_debug(
-    f: &mut fmt::Formatter<'_>,
-    variant: &str,
-    stream: u32,
-    mimetype: &str,
-    name: &str,
-) -> fmt::Result {
-    f.debug_struct(variant)
-        .field("stream", &stream)
-        .field("mimetype", &mimetype)
-        .field("name", &name)
-        .finish()
+fn stream_debug(f: &mut fmt::Formatter<'_>, variant: &str, stream: u32, mimetype: &str, name: &str) -> fmt::Result {
+    f.debug_struct(variant).field("stream", &stream).field("mimetype", &mimetype).field("name", &name).finish()
 }
 
 #[cfg(test)]
@@ -574,251 +390,95 @@ mod tests {
     }
 
     fn arity(opcode: &str, expected: &'static str, got: usize) -> InstructionError {
-        InstructionError::WrongArity {
-            opcode: opcode.to_owned(),
-            expected,
-            got,
-        }
+        InstructionError::WrongArity { opcode: opcode.to_owned(), expected, got }
     }
 
     fn bad(opcode: &str, index: usize) -> InstructionError {
-        InstructionError::BadNumber {
-            opcode: opcode.to_owned(),
-            index,
-        }
+        InstructionError::BadNumber { opcode: opcode.to_owned(), index }
     }
 
     #[test]
     fn handshake_instructions() {
-        assert_eq!(
-            parse("select", &["vnc"]),
-            Ok(C::Select {
-                target: "vnc".into()
-            })
-        );
-        assert_eq!(
-            parse("size", &["1024", "768", "96"]),
-            Ok(C::Size {
-                width: 1024,
-                height: 768,
-                dpi: Some(96)
-            })
-        );
-        assert_eq!(
-            parse("size", &["800", "600"]),
-            Ok(C::Size {
-                width: 800,
-                height: 600,
-                dpi: None
-            })
-        );
+        assert_eq!(parse("select", &["vnc"]), Ok(C::Select { target: "vnc".into() }));
+        assert_eq!(parse("size", &["1024", "768", "96"]), Ok(C::Size { width: 1024, height: 768, dpi: Some(96) }));
+        assert_eq!(parse("size", &["800", "600"]), Ok(C::Size { width: 800, height: 600, dpi: None }));
         assert_eq!(
             parse("audio", &["audio/L16", "audio/L8"]),
-            Ok(C::Audio {
-                mimetypes: vec!["audio/L16".into(), "audio/L8".into()]
-            })
+            Ok(C::Audio { mimetypes: vec!["audio/L16".into(), "audio/L8".into()] })
         );
         assert_eq!(parse("video", &[]), Ok(C::Video { mimetypes: vec![] }));
-        assert_eq!(
-            parse("image", &["image/webp"]),
-            Ok(C::Image {
-                mimetypes: vec!["image/webp".into()]
-            })
-        );
-        assert_eq!(
-            parse("timezone", &["Europe/Paris"]),
-            Ok(C::Timezone {
-                name: "Europe/Paris".into()
-            })
-        );
-        assert_eq!(
-            parse("name", &["José"]),
-            Ok(C::Name {
-                name: "José".into()
-            })
-        );
+        assert_eq!(parse("image", &["image/webp"]), Ok(C::Image { mimetypes: vec!["image/webp".into()] }));
+        assert_eq!(parse("timezone", &["Europe/Paris"]), Ok(C::Timezone { name: "Europe/Paris".into() }));
+        assert_eq!(parse("name", &["José"]), Ok(C::Name { name: "José".into() }));
     }
 
     #[test]
     fn connect_versions() {
         assert_eq!(
             parse("connect", &["VERSION_1_5_0", "localhost", "5900"]),
-            Ok(C::Connect {
-                version: ProtocolVersion::V1_5_0,
-                values: vec!["localhost".into(), "5900".into()]
-            })
+            Ok(C::Connect { version: ProtocolVersion::V1_5_0, values: vec!["localhost".into(), "5900".into()] })
         );
         // A pre-1.1 client sends no version: every value is a parameter.
         assert_eq!(
             parse("connect", &["localhost", "5900"]),
-            Ok(C::Connect {
-                version: ProtocolVersion::V1_0_0,
-                values: vec!["localhost".into(), "5900".into()]
-            })
+            Ok(C::Connect { version: ProtocolVersion::V1_0_0, values: vec!["localhost".into(), "5900".into()] })
         );
         assert_eq!(
             parse("connect", &["", "5900"]),
-            Ok(C::Connect {
-                version: ProtocolVersion::V1_0_0,
-                values: vec!["".into(), "5900".into()]
-            })
+            Ok(C::Connect { version: ProtocolVersion::V1_0_0, values: vec!["".into(), "5900".into()] })
         );
-        assert_eq!(
-            parse("connect", &[]),
-            Ok(C::Connect {
-                version: ProtocolVersion::V1_0_0,
-                values: vec![]
-            })
-        );
+        assert_eq!(parse("connect", &[]), Ok(C::Connect { version: ProtocolVersion::V1_0_0, values: vec![] }));
         assert_eq!(
             parse("connect", &["VERSION_1_1_0"]),
-            Ok(C::Connect {
-                version: ProtocolVersion::V1_1_0,
-                values: vec![]
-            })
+            Ok(C::Connect { version: ProtocolVersion::V1_1_0, values: vec![] })
         );
     }
 
     #[test]
     fn runtime_instructions() {
         assert_eq!(parse("sync", &["1234"]), Ok(C::Sync { timestamp: 1234 }));
-        assert_eq!(
-            parse("sync", &["1234", "2"]),
-            Ok(C::Sync { timestamp: 1234 })
-        );
-        assert_eq!(
-            parse("mouse", &["-5", "10", "1"]),
-            Ok(C::Mouse {
-                x: -5,
-                y: 10,
-                mask: 1
-            })
-        );
-        assert_eq!(
-            parse("mouse", &["5", "10", "0", "123456"]),
-            Ok(C::Mouse {
-                x: 5,
-                y: 10,
-                mask: 0
-            })
-        );
-        assert_eq!(
-            parse("key", &["65307", "1"]),
-            Ok(C::Key {
-                keysym: 65307,
-                pressed: true
-            })
-        );
-        assert_eq!(
-            parse("key", &["97", "0"]),
-            Ok(C::Key {
-                keysym: 97,
-                pressed: false
-            })
-        );
+        assert_eq!(parse("sync", &["1234", "2"]), Ok(C::Sync { timestamp: 1234 }));
+        assert_eq!(parse("mouse", &["-5", "10", "1"]), Ok(C::Mouse { x: -5, y: 10, mask: 1 }));
+        assert_eq!(parse("mouse", &["5", "10", "0", "123456"]), Ok(C::Mouse { x: 5, y: 10, mask: 0 }));
+        assert_eq!(parse("key", &["65307", "1"]), Ok(C::Key { keysym: 65307, pressed: true }));
+        assert_eq!(parse("key", &["97", "0"]), Ok(C::Key { keysym: 97, pressed: false }));
         assert_eq!(
             parse("clipboard", &["2", "text/plain"]),
-            Ok(C::Clipboard {
-                stream: 2,
-                mimetype: "text/plain".into()
-            })
+            Ok(C::Clipboard { stream: 2, mimetype: "text/plain".into() })
         );
         assert_eq!(
             parse("file", &["4", "application/pdf", "a.pdf"]),
-            Ok(C::File {
-                stream: 4,
-                mimetype: "application/pdf".into(),
-                name: "a.pdf".into()
-            })
+            Ok(C::File { stream: 4, mimetype: "application/pdf".into(), name: "a.pdf".into() })
         );
         assert_eq!(
             parse("pipe", &["4", "text/plain", "cliprdr"]),
-            Ok(C::Pipe {
-                stream: 4,
-                mimetype: "text/plain".into(),
-                name: "cliprdr".into()
-            })
+            Ok(C::Pipe { stream: 4, mimetype: "text/plain".into(), name: "cliprdr".into() })
         );
         assert_eq!(
             parse("argv", &["6", "text/plain", "password"]),
-            Ok(C::Argv {
-                stream: 6,
-                mimetype: "text/plain".into(),
-                name: "password".into()
-            })
+            Ok(C::Argv { stream: 6, mimetype: "text/plain".into(), name: "password".into() })
         );
-        assert_eq!(
-            parse("blob", &["2", "aGk="]),
-            Ok(C::Blob {
-                stream: 2,
-                data: b"hi".to_vec()
-            })
-        );
-        assert_eq!(
-            parse("blob", &["2", "aGk"]),
-            Ok(C::Blob {
-                stream: 2,
-                data: b"hi".to_vec()
-            })
-        );
-        assert_eq!(
-            parse("blob", &["2", ""]),
-            Ok(C::Blob {
-                stream: 2,
-                data: vec![]
-            })
-        );
+        assert_eq!(parse("blob", &["2", "aGk="]), Ok(C::Blob { stream: 2, data: b"hi".to_vec() }));
+        assert_eq!(parse("blob", &["2", "aGk"]), Ok(C::Blob { stream: 2, data: b"hi".to_vec() }));
+        assert_eq!(parse("blob", &["2", ""]), Ok(C::Blob { stream: 2, data: vec![] }));
         assert_eq!(parse("end", &["2"]), Ok(C::End { stream: 2 }));
-        assert_eq!(
-            parse("ack", &["1", "OK", "0"]),
-            Ok(C::Ack {
-                stream: 1,
-                message: "OK".into(),
-                status: 0
-            })
-        );
-        assert_eq!(
-            parse("get", &["0", "/"]),
-            Ok(C::Get {
-                object: 0,
-                name: "/".into()
-            })
-        );
+        assert_eq!(parse("ack", &["1", "OK", "0"]), Ok(C::Ack { stream: 1, message: "OK".into(), status: 0 }));
+        assert_eq!(parse("get", &["0", "/"]), Ok(C::Get { object: 0, name: "/".into() }));
         assert_eq!(
             parse("put", &["0", "3", "text/plain", "/a.txt"]),
-            Ok(C::Put {
-                object: 0,
-                stream: 3,
-                mimetype: "text/plain".into(),
-                name: "/a.txt".into()
-            })
+            Ok(C::Put { object: 0, stream: 3, mimetype: "text/plain".into(), name: "/a.txt".into() })
         );
         assert_eq!(
             parse("touch", &["0", "10", "20", "5", "5", "0.5", "1"]),
-            Ok(C::Touch {
-                id: 0,
-                x: 10,
-                y: 20,
-                rx: 5,
-                ry: 5,
-                angle: 0.5,
-                force: 1.0
-            })
+            Ok(C::Touch { id: 0, x: 10, y: 20, rx: 5, ry: 5, angle: 0.5, force: 1.0 })
         );
         assert_eq!(parse("nop", &[]), Ok(C::Nop));
         assert_eq!(parse("disconnect", &[]), Ok(C::Disconnect));
         assert_eq!(
             parse("", &["ping", "1700000000000"]),
-            Ok(C::Internal {
-                args: vec!["ping".into(), "1700000000000".into()]
-            })
+            Ok(C::Internal { args: vec!["ping".into(), "1700000000000".into()] })
         );
-        assert_eq!(
-            parse("usbconnect", &["1"]),
-            Ok(C::Unknown {
-                opcode: "usbconnect".into()
-            })
-        );
+        assert_eq!(parse("usbconnect", &["1"]), Ok(C::Unknown { opcode: "usbconnect".into() }));
     }
 
     #[test]
@@ -826,22 +486,13 @@ mod tests {
         let i = Instruction::new("audio", &["1", "audio/L16;rate=44100,channels=2"]);
         assert_eq!(
             ClientInstruction::parse_runtime(&i),
-            Ok(C::AudioInput {
-                stream: 1,
-                mimetype: "audio/L16;rate=44100,channels=2".into()
-            })
+            Ok(C::AudioInput { stream: 1, mimetype: "audio/L16;rate=44100,channels=2".into() })
         );
         let i = Instruction::new("audio", &["audio/L16"]);
-        assert_eq!(
-            ClientInstruction::parse_runtime(&i),
-            Err(arity("audio", "2", 1))
-        );
+        assert_eq!(ClientInstruction::parse_runtime(&i), Err(arity("audio", "2", 1)));
         // Other opcodes parse the same in both phases.
         let i = Instruction::new("key", &["1", "1"]);
-        assert_eq!(
-            ClientInstruction::parse_runtime(&i),
-            ClientInstruction::parse(&i)
-        );
+        assert_eq!(ClientInstruction::parse_runtime(&i), ClientInstruction::parse(&i));
     }
 
     #[test]
@@ -849,17 +500,11 @@ mod tests {
         assert_eq!(parse("select", &[]), Err(arity("select", "1", 0)));
         assert_eq!(parse("select", &["a", "b"]), Err(arity("select", "1", 2)));
         assert_eq!(parse("size", &["1"]), Err(arity("size", "2 or 3", 1)));
-        assert_eq!(
-            parse("size", &["1", "2", "3", "4"]),
-            Err(arity("size", "2 or 3", 4))
-        );
+        assert_eq!(parse("size", &["1", "2", "3", "4"]), Err(arity("size", "2 or 3", 4)));
         assert_eq!(parse("timezone", &[]), Err(arity("timezone", "1", 0)));
         assert_eq!(parse("name", &[]), Err(arity("name", "1", 0)));
         assert_eq!(parse("sync", &[]), Err(arity("sync", "1 or 2", 0)));
-        assert_eq!(
-            parse("mouse", &["1", "2"]),
-            Err(arity("mouse", "at least 3", 2))
-        );
+        assert_eq!(parse("mouse", &["1", "2"]), Err(arity("mouse", "at least 3", 2)));
         assert_eq!(parse("key", &["1"]), Err(arity("key", "2", 1)));
         assert_eq!(parse("key", &["1", "1", "1"]), Err(arity("key", "2", 3)));
         assert_eq!(parse("clipboard", &["1"]), Err(arity("clipboard", "2", 1)));
@@ -871,15 +516,9 @@ mod tests {
         assert_eq!(parse("ack", &["1", "OK"]), Err(arity("ack", "3", 2)));
         assert_eq!(parse("get", &["1"]), Err(arity("get", "2", 1)));
         assert_eq!(parse("put", &["1", "2", "a"]), Err(arity("put", "4", 3)));
-        assert_eq!(
-            parse("touch", &["1", "2", "3", "4", "5", "6"]),
-            Err(arity("touch", "7", 6))
-        );
+        assert_eq!(parse("touch", &["1", "2", "3", "4", "5", "6"]), Err(arity("touch", "7", 6)));
         assert_eq!(parse("nop", &["x"]), Err(arity("nop", "0", 1)));
-        assert_eq!(
-            parse("disconnect", &["x"]),
-            Err(arity("disconnect", "0", 1))
-        );
+        assert_eq!(parse("disconnect", &["x"]), Err(arity("disconnect", "0", 1)));
     }
 
     #[test]
@@ -890,32 +529,17 @@ mod tests {
         assert_eq!(parse("sync", &["+5"]), Err(bad("sync", 0)));
         assert_eq!(parse("sync", &["1.5"]), Err(bad("sync", 0)));
         assert_eq!(parse("mouse", &["1", "2", "-1"]), Err(bad("mouse", 2)));
-        assert_eq!(
-            parse("mouse", &["99999999999", "2", "1"]),
-            Err(bad("mouse", 0))
-        );
+        assert_eq!(parse("mouse", &["99999999999", "2", "1"]), Err(bad("mouse", 0)));
         assert_eq!(parse("mouse", &["-", "2", "1"]), Err(bad("mouse", 0)));
         assert_eq!(parse("key", &["65307", "2"]), Err(bad("key", 1)));
         assert_eq!(parse("key", &["65307", "true"]), Err(bad("key", 1)));
         assert_eq!(parse("key", &["-1", "1"]), Err(bad("key", 0)));
         assert_eq!(parse("ack", &["1", "OK", "65536"]), Err(bad("ack", 2)));
         assert_eq!(parse("end", &["x"]), Err(bad("end", 0)));
-        assert_eq!(
-            parse("touch", &["0", "1", "2", "3", "4", "NaN", "1"]),
-            Err(bad("touch", 5))
-        );
-        assert_eq!(
-            parse("touch", &["0", "1", "2", "3", "4", "0", "inf"]),
-            Err(bad("touch", 6))
-        );
-        assert_eq!(
-            parse("touch", &["0", "1", "2", "3", "4", "1e999", "1"]),
-            Err(bad("touch", 5))
-        );
-        assert_eq!(
-            parse("blob", &["3", "!!!"]),
-            Err(InstructionError::BadBase64 { stream: 3 })
-        );
+        assert_eq!(parse("touch", &["0", "1", "2", "3", "4", "NaN", "1"]), Err(bad("touch", 5)));
+        assert_eq!(parse("touch", &["0", "1", "2", "3", "4", "0", "inf"]), Err(bad("touch", 6)));
+        assert_eq!(parse("touch", &["0", "1", "2", "3", "4", "1e999", "1"]), Err(bad("touch", 5)));
+        assert_eq!(parse("blob", &["3", "!!!"]), Err(InstructionError::BadBase64 { stream: 3 }));
     }
 
     #[test]
@@ -926,9 +550,6 @@ mod tests {
         assert!(text.contains("<2 values redacted>"), "{text}");
         let b = parse("blob", &["1", "aGk="]).unwrap();
         assert_eq!(format!("{b:?}"), "Blob { stream: 1, data: <2 bytes> }");
-        assert_eq!(
-            format!("{:?}", parse("key", &["65", "1"]).unwrap()),
-            "Key { keysym: 65, pressed: true }"
-        );
+        assert_eq!(format!("{:?}", parse("key", &["65", "1"]).unwrap()), "Key { keysym: 65, pressed: true }");
     }
 }

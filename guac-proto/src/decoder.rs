@@ -42,10 +42,7 @@ enum State {
     Value { start: usize, remaining: usize },
 }
 
-const LENGTH_START: State = State::Length {
-    value: 0,
-    digits: 0,
-};
+const LENGTH_START: State = State::Length { value: 0, digits: 0 };
 
 /// Incremental decoder for a stream of instructions (Guacamole protocol reference, "Instruction
 /// format"; limits from guacd, see [`MAX_INSTRUCTION_BYTES`] and [`MAX_ELEMENTS`]).
@@ -64,7 +61,6 @@ const LENGTH_START: State = State::Length {
 /// assert_eq!(decoder.decode().unwrap().unwrap().opcode(), "nop");
 /// assert_eq!(decoder.decode(), Ok(None));
 /// ```
-#[derive(Debug)]
 pub struct Decoder {
     // INVARIANT: `buf` starts at the first byte of the current (incomplete) instruction; bytes
     // before `pos` have been checked and their elements recorded in `spans` or `state`.
@@ -73,6 +69,19 @@ pub struct Decoder {
     state: State,
     spans: Vec<Span>,
     error: Option<DecodeError>,
+}
+
+impl std::fmt::Debug for Decoder {
+    /// Shows positions only: buffered bytes may hold credentials (`connect` values).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("buffered", &self.buf.len())
+            .field("pos", &self.pos)
+            .field("state", &self.state)
+            .field("elements", &self.spans.len())
+            .field("error", &self.error)
+            .finish()
+    }
 }
 
 impl Default for Decoder {
@@ -84,13 +93,7 @@ impl Default for Decoder {
 impl Decoder {
     /// A decoder with an empty buffer.
     pub fn new() -> Self {
-        Decoder {
-            buf: BytesMut::new(),
-            pos: 0,
-            state: LENGTH_START,
-            spans: Vec::new(),
-            error: None,
-        }
+        Decoder { buf: BytesMut::new(), pos: 0, state: LENGTH_START, spans: Vec::new(), error: None }
     }
 
     /// The input buffer, so a driver can read straight into it (`read_buf`). Only append to it
@@ -163,8 +166,7 @@ impl Decoder {
                             }
                             // The terminator is the next byte that does not continue the last
                             // code point.
-                            let Some(skip) = buf[pos..].iter().position(|&b| !is_continuation(b))
-                            else {
+                            let Some(skip) = buf[pos..].iter().position(|&b| !is_continuation(b)) else {
                                 pos = limit;
                                 break need_more(pos);
                             };
@@ -182,19 +184,14 @@ impl Decoder {
                 return Err(DecodeError::BadTerminator { byte: terminator });
             }
             // INVARIANT: end < MAX_INSTRUCTION_BYTES, which fits a u32.
-            self.spans.push(Span {
-                start: start as u32,
-                end: end as u32,
-            });
+            self.spans.push(Span { start: start as u32, end: end as u32 });
             pos = end + 1;
             state = LENGTH_START;
             if terminator == b';' {
                 break Ok(Some(pos));
             }
             if self.spans.len() == MAX_ELEMENTS {
-                return Err(DecodeError::TooManyElements {
-                    limit: MAX_ELEMENTS,
-                });
+                return Err(DecodeError::TooManyElements { limit: MAX_ELEMENTS });
             }
         };
         self.pos = pos;
@@ -206,12 +203,7 @@ impl Decoder {
 /// Reads length-prefix bytes from `buf[*pos..]`, continuing a prefix of `value` so far with
 /// `digits` digits. Returns the state to go on with: [`State::Value`] once the `.` is read,
 /// [`State::Length`] if the input ran out first.
-fn scan_length(
-    buf: &[u8],
-    pos: &mut usize,
-    mut value: usize,
-    mut digits: usize,
-) -> Result<State, DecodeError> {
+fn scan_length(buf: &[u8], pos: &mut usize, mut value: usize, mut digits: usize) -> Result<State, DecodeError> {
     while let Some(&byte) = buf.get(*pos) {
         if byte.is_ascii_digit() {
             if digits == MAX_LENGTH_DIGITS {
@@ -226,10 +218,7 @@ fn scan_length(
             if *pos + value + 1 > MAX_INSTRUCTION_BYTES {
                 return Err(too_long());
             }
-            return Ok(State::Value {
-                start: *pos,
-                remaining: value,
-            });
+            return Ok(State::Value { start: *pos, remaining: value });
         } else {
             return Err(DecodeError::InvalidLength { byte });
         }
@@ -259,9 +248,7 @@ fn need_more(pos: usize) -> Result<Option<usize>, DecodeError> {
 }
 
 fn too_long() -> DecodeError {
-    DecodeError::InstructionTooLong {
-        limit: MAX_INSTRUCTION_BYTES,
-    }
+    DecodeError::InstructionTooLong { limit: MAX_INSTRUCTION_BYTES }
 }
 
 /// UTF-8 continuation bytes are `10xxxxxx`; every other byte starts a code point.
@@ -329,10 +316,7 @@ mod tests {
         let out = decode_all("4.name,4.José;".as_bytes()).unwrap();
         assert_eq!(out[0].arg(0), Some("José"));
         // `é` is one code point in two bytes: a byte-counted length is wrong.
-        assert_eq!(
-            first_error("1.x,2.é;3.nop;".as_bytes()),
-            DecodeError::BadTerminator { byte: b'3' }
-        );
+        assert_eq!(first_error("1.x,2.é;3.nop;".as_bytes()), DecodeError::BadTerminator { byte: b'3' });
         let out = decode_all("1.x,1.é;".as_bytes()).unwrap();
         assert_eq!(out[0].arg(0), Some("é"));
         let out = decode_all("1.x,3.😀𝄞a;".as_bytes()).unwrap();
@@ -386,6 +370,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_hides_buffered_bytes() {
+        let mut decoder = Decoder::new();
+        decoder.feed(b"7.connect,6.secret");
+        assert_eq!(decoder.decode(), Ok(None));
+        let text = format!("{decoder:?}");
+        assert!(!text.contains("secret"), "{text}");
+        assert!(text.contains("buffered: 18"), "{text}");
+    }
+
+    #[test]
     fn buffer_mut_appends() {
         let mut decoder = Decoder::new();
         decoder.buffer_mut().extend_from_slice(b"3.nop;");
@@ -394,9 +388,7 @@ mod tests {
 
     #[test]
     fn instruction_size_limit() {
-        let expected = DecodeError::InstructionTooLong {
-            limit: MAX_INSTRUCTION_BYTES,
-        };
+        let expected = DecodeError::InstructionTooLong { limit: MAX_INSTRUCTION_BYTES };
         // "4.blob," + "NNNN." + value + ";"
         let framing = "4.blob,NNNN.;".len();
         let value = "a".repeat(MAX_INSTRUCTION_BYTES - framing);
@@ -431,35 +423,15 @@ mod tests {
     #[test]
     fn length_prefix_limits() {
         assert_eq!(first_error(b"123456.x;"), DecodeError::LengthTooManyDigits);
-        assert_eq!(
-            first_error(b"1.x,000001.a;"),
-            DecodeError::LengthTooManyDigits
-        );
+        assert_eq!(first_error(b"1.x,000001.a;"), DecodeError::LengthTooManyDigits);
         // Five digits are fine (leading zeros included).
         assert_eq!(decode_all(b"00001.x;").unwrap()[0].opcode(), "x");
-        assert_eq!(
-            first_error(b"99999.x"),
-            DecodeError::InstructionTooLong {
-                limit: MAX_INSTRUCTION_BYTES
-            }
-        );
-        assert_eq!(
-            first_error(b".x;"),
-            DecodeError::InvalidLength { byte: b'.' }
-        );
-        assert_eq!(
-            first_error(b"a.x;"),
-            DecodeError::InvalidLength { byte: b'a' }
-        );
-        assert_eq!(
-            first_error(b"-1.x;"),
-            DecodeError::InvalidLength { byte: b'-' }
-        );
+        assert_eq!(first_error(b"99999.x"), DecodeError::InstructionTooLong { limit: MAX_INSTRUCTION_BYTES });
+        assert_eq!(first_error(b".x;"), DecodeError::InvalidLength { byte: b'.' });
+        assert_eq!(first_error(b"a.x;"), DecodeError::InvalidLength { byte: b'a' });
+        assert_eq!(first_error(b"-1.x;"), DecodeError::InvalidLength { byte: b'-' });
         assert_eq!(first_error(b";"), DecodeError::InvalidLength { byte: b';' });
-        assert_eq!(
-            first_error(b"1.x,;"),
-            DecodeError::InvalidLength { byte: b';' }
-        );
+        assert_eq!(first_error(b"1.x,;"), DecodeError::InvalidLength { byte: b';' });
     }
 
     #[test]
@@ -470,12 +442,7 @@ mod tests {
         }
         let out = decode_all(format!("{ok};").as_bytes()).unwrap();
         assert_eq!(out[0].args_len(), MAX_ELEMENTS - 1);
-        assert_eq!(
-            first_error(format!("{ok},0.;").as_bytes()),
-            DecodeError::TooManyElements {
-                limit: MAX_ELEMENTS
-            }
-        );
+        assert_eq!(first_error(format!("{ok},0.;").as_bytes()), DecodeError::TooManyElements { limit: MAX_ELEMENTS });
     }
 
     #[test]
@@ -486,26 +453,14 @@ mod tests {
         assert_eq!(first_error(b"1.x,1.\xc3;"), DecodeError::InvalidUtf8);
         // Overlong encoding and a surrogate.
         assert_eq!(first_error(b"1.x,1.\xc0\xaf;"), DecodeError::InvalidUtf8);
-        assert_eq!(
-            first_error(b"1.x,1.\xed\xa0\x80;"),
-            DecodeError::InvalidUtf8
-        );
+        assert_eq!(first_error(b"1.x,1.\xed\xa0\x80;"), DecodeError::InvalidUtf8);
     }
 
     #[test]
     fn missing_terminator_or_separator() {
-        assert_eq!(
-            first_error(b"3.nopX"),
-            DecodeError::BadTerminator { byte: b'X' }
-        );
-        assert_eq!(
-            first_error(b"3.nop3.nop;"),
-            DecodeError::BadTerminator { byte: b'3' }
-        );
-        assert_eq!(
-            first_error(b"3.nop.;"),
-            DecodeError::BadTerminator { byte: b'.' }
-        );
+        assert_eq!(first_error(b"3.nopX"), DecodeError::BadTerminator { byte: b'X' });
+        assert_eq!(first_error(b"3.nop3.nop;"), DecodeError::BadTerminator { byte: b'3' });
+        assert_eq!(first_error(b"3.nop.;"), DecodeError::BadTerminator { byte: b'.' });
         // Not an error yet: the terminator may still come.
         let mut decoder = Decoder::new();
         decoder.feed(b"3.nop");

@@ -53,15 +53,12 @@ impl InstructionWriter<'_> {
     /// Appends `data` as one base64 (standard alphabet, padded) argument.
     pub fn base64(self, data: &[u8]) -> Self {
         let encoded_len = base64_len(data.len());
-        self.buf
-            .reserve(2 + digit_count(encoded_len as u64) + encoded_len);
+        self.buf.reserve(2 + digit_count(encoded_len as u64) + encoded_len);
         self.buf.extend_from_slice(b",");
         put_len_prefix(self.buf, encoded_len);
         let start = self.buf.len();
         self.buf.resize(start + encoded_len, 0);
-        let written = base64::engine::general_purpose::STANDARD
-            .encode_slice(data, &mut self.buf[start..])
-            .unwrap_or(0);
+        let written = base64::engine::general_purpose::STANDARD.encode_slice(data, &mut self.buf[start..]).unwrap_or(0);
         debug_assert_eq!(written, encoded_len);
         self
     }
@@ -83,9 +80,7 @@ impl InstructionWriter<'_> {
 /// Encodes a whole instruction from string arguments.
 pub fn encode_instruction(buf: &mut BytesMut, opcode: &str, args: &[&str]) {
     buf.reserve(encoded_len(opcode, args));
-    args.iter()
-        .fold(encode(buf, opcode), |w, arg| w.str(arg))
-        .finish();
+    args.iter().fold(encode(buf, opcode), |w, arg| w.str(arg)).finish();
 }
 
 /// Writes the data of a blob stream (`img`, `file`, ...) as `blob` instructions, each carrying at
@@ -96,19 +91,13 @@ pub fn encode_blobs(buf: &mut BytesMut, stream: u32, data: &[u8]) {
     // 4.blob,LEN.STREAM,LEN.BASE64; per chunk; 32 bytes covers all the framing.
     buf.reserve(chunks * 32 + base64_len(data.len()) + chunks * 2);
     for chunk in data.chunks(MAX_BLOB_BYTES) {
-        encode(buf, "blob")
-            .uint(u64::from(stream))
-            .base64(chunk)
-            .finish();
+        encode(buf, "blob").uint(u64::from(stream)).base64(chunk).finish();
     }
 }
 
 /// Writes an `error` instruction: `error message status` (section 7 status codes).
 pub fn encode_error(buf: &mut BytesMut, message: &str, status: Status) {
-    encode(buf, "error")
-        .str(message)
-        .uint(u64::from(status.code()))
-        .finish();
+    encode(buf, "error").str(message).uint(u64::from(status.code())).finish();
 }
 
 /// Writes `LEN.VALUE`.
@@ -130,10 +119,7 @@ pub(crate) fn put_len_prefix(buf: &mut BytesMut, len: usize) {
 pub(crate) fn encoded_len(opcode: &str, args: &[&str]) -> usize {
     // Per element: up to 20 digits, '.', value, and ',' or ';'. Byte length bounds the code point
     // count, so digit_count(len) bounds the prefix.
-    std::iter::once(&opcode)
-        .chain(args)
-        .map(|v| digit_count(v.len() as u64) + 2 + v.len())
-        .sum()
+    std::iter::once(&opcode).chain(args).map(|v| digit_count(v.len() as u64) + 2 + v.len()).sum()
 }
 
 /// Length of padded standard base64 for `n` bytes.
@@ -190,34 +176,19 @@ mod tests {
 
     #[test]
     fn numbers() {
-        assert_eq!(
-            encoded(|b| encode(b, "x").int(-1).int(0).int(42).finish()),
-            "1.x,2.-1,1.0,2.42;"
-        );
+        assert_eq!(encoded(|b| encode(b, "x").int(-1).int(0).int(42).finish()), "1.x,2.-1,1.0,2.42;");
         assert_eq!(
             encoded(|b| encode(b, "x").int(i64::MIN).int(i64::MAX).finish()),
             "1.x,20.-9223372036854775808,19.9223372036854775807;"
         );
-        assert_eq!(
-            encoded(|b| encode(b, "x").uint(u64::MAX).uint(7).finish()),
-            "1.x,20.18446744073709551615,1.7;"
-        );
+        assert_eq!(encoded(|b| encode(b, "x").uint(u64::MAX).uint(7).finish()), "1.x,20.18446744073709551615,1.7;");
     }
 
     #[test]
     fn strings_count_code_points() {
-        assert_eq!(
-            encoded(|b| encode(b, "name").str("José").finish()),
-            "4.name,4.José;"
-        );
-        assert_eq!(
-            encoded(|b| encode_instruction(b, "x", &["a,b;c.d", "", "𝄞😀"])),
-            "1.x,7.a,b;c.d,0.,2.𝄞😀;"
-        );
-        assert_eq!(
-            encoded(|b| encode_instruction(b, "", &["ping"])),
-            "0.,4.ping;"
-        );
+        assert_eq!(encoded(|b| encode(b, "name").str("José").finish()), "4.name,4.José;");
+        assert_eq!(encoded(|b| encode_instruction(b, "x", &["a,b;c.d", "", "𝄞😀"])), "1.x,7.a,b;c.d,0.,2.𝄞😀;");
+        assert_eq!(encoded(|b| encode_instruction(b, "", &["ping"])), "0.,4.ping;");
     }
 
     #[test]

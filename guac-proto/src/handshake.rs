@@ -90,10 +90,7 @@ pub struct ConnectRequest {
 impl ConnectRequest {
     /// The value the client gave for parameter `name`.
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.params
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.params.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
     }
 }
 
@@ -232,11 +229,7 @@ impl ServerHandshake {
 
     /// Feeds one decoded instruction received at `now`. After an error the handshake is over and
     /// every later call returns [`HandshakeError::Finished`].
-    pub fn handle(
-        &mut self,
-        instr: &Instruction,
-        now: Instant,
-    ) -> Result<HandshakeEvent, HandshakeError> {
+    pub fn handle(&mut self, instr: &Instruction, now: Instant) -> Result<HandshakeEvent, HandshakeError> {
         let result = match self.state {
             State::AwaitSelect => self.handle_select(instr),
             State::AwaitConnect => self.handle_optional(instr),
@@ -254,14 +247,10 @@ impl ServerHandshake {
     /// returns the `args` instruction to send: [`ProtocolVersion::LATEST`], then the names.
     /// `connect` must carry one value per name.
     pub fn send_args(&mut self, names: &[&str]) -> Bytes {
-        let mut buf =
-            BytesMut::with_capacity(32 + names.iter().map(|n| n.len() + 8).sum::<usize>());
+        let mut buf = BytesMut::with_capacity(32 + names.iter().map(|n| n.len() + 8).sum::<usize>());
         names
             .iter()
-            .fold(
-                encode(&mut buf, "args").str(ProtocolVersion::LATEST.as_str()),
-                |w, name| w.str(name),
-            )
+            .fold(encode(&mut buf, "args").str(ProtocolVersion::LATEST.as_str()), |w, name| w.str(name))
             .finish();
         self.names = Some(names.iter().map(|&n| n.to_owned()).collect());
         buf.freeze()
@@ -269,9 +258,7 @@ impl ServerHandshake {
 
     fn handle_select(&mut self, instr: &Instruction) -> Result<HandshakeEvent, HandshakeError> {
         if instr.opcode() != "select" {
-            return Err(HandshakeError::SelectNotFirst {
-                got: instr.opcode().to_owned(),
-            });
+            return Err(HandshakeError::SelectNotFirst { got: instr.opcode().to_owned() });
         }
         let target = match ClientInstruction::parse(instr)? {
             ClientInstruction::Select { target } => target,
@@ -284,9 +271,7 @@ impl ServerHandshake {
     }
 
     fn handle_optional(&mut self, instr: &Instruction) -> Result<HandshakeEvent, HandshakeError> {
-        const ALLOWED: &[&str] = &[
-            "size", "audio", "video", "image", "timezone", "name", "nop", "connect",
-        ];
+        const ALLOWED: &[&str] = &["size", "audio", "video", "image", "timezone", "name", "nop", "connect"];
         if !ALLOWED.contains(&instr.opcode()) {
             return Err(unexpected(instr));
         }
@@ -315,15 +300,10 @@ impl ServerHandshake {
     ) -> Result<ConnectRequest, HandshakeError> {
         let names = self.names.take().ok_or(HandshakeError::ArgsNotSent)?;
         if names.len() != values.len() {
-            return Err(HandshakeError::ConnectArity {
-                expected: names.len(),
-                got: values.len(),
-            });
+            return Err(HandshakeError::ConnectArity { expected: names.len(), got: values.len() });
         }
         let selection = self.selection.take().ok_or(HandshakeError::Finished)?;
-        let (width, height, dpi) =
-            self.size
-                .unwrap_or((DEFAULT_WIDTH, DEFAULT_HEIGHT, DEFAULT_DPI));
+        let (width, height, dpi) = self.size.unwrap_or((DEFAULT_WIDTH, DEFAULT_HEIGHT, DEFAULT_DPI));
         Ok(ConnectRequest {
             selection,
             client_version,
@@ -341,9 +321,7 @@ impl ServerHandshake {
 }
 
 fn unexpected(instr: &Instruction) -> HandshakeError {
-    HandshakeError::UnexpectedInstruction {
-        opcode: instr.opcode().to_owned(),
-    }
+    HandshakeError::UnexpectedInstruction { opcode: instr.opcode().to_owned() }
 }
 
 #[cfg(test)]
@@ -361,10 +339,7 @@ mod tests {
     fn selected(now: Instant) -> ServerHandshake {
         let mut hs = ServerHandshake::new(now);
         let event = hs.handle(&instr("select", &["vnc"]), now).unwrap();
-        assert_eq!(
-            event,
-            HandshakeEvent::Selected(Selection::Protocol("vnc".into()))
-        );
+        assert_eq!(event, HandshakeEvent::Selected(Selection::Protocol("vnc".into())));
         hs.send_args(VNC_NAMES);
         hs
     }
@@ -376,15 +351,9 @@ mod tests {
         let mut decoder = Decoder::new();
         decoder.feed(b"6.select,3.vnc;");
         let select = decoder.decode().unwrap().unwrap();
-        assert_eq!(
-            hs.handle(&select, now).unwrap(),
-            HandshakeEvent::Selected(Selection::Protocol("vnc".into()))
-        );
+        assert_eq!(hs.handle(&select, now).unwrap(), HandshakeEvent::Selected(Selection::Protocol("vnc".into())));
         let args = hs.send_args(VNC_NAMES);
-        assert_eq!(
-            &args[..],
-            b"4.args,13.VERSION_1_5_0,8.hostname,4.port,8.password,9.read-only;"
-        );
+        assert_eq!(&args[..], b"4.args,13.VERSION_1_5_0,8.hostname,4.port,8.password,9.read-only;");
 
         // The client's answer, in one read, as guacamole-client sends it.
         decoder.feed(
@@ -430,10 +399,7 @@ mod tests {
         let debug = format!("{request:?}");
         assert!(!debug.contains("s3cr"), "{debug}");
         assert!(debug.contains("\"password\""), "{debug}");
-        assert_eq!(
-            hs.handle(&instr("nop", &[]), now),
-            Err(HandshakeError::Finished)
-        );
+        assert_eq!(hs.handle(&instr("nop", &[]), now), Err(HandshakeError::Finished));
     }
 
     #[test]
@@ -444,10 +410,7 @@ mod tests {
         let HandshakeEvent::Connected(request) = hs.handle(&connect, now).unwrap() else {
             panic!("not connected");
         };
-        assert_eq!(
-            (request.width, request.height, request.dpi),
-            (1024, 768, 96)
-        );
+        assert_eq!((request.width, request.height, request.dpi), (1024, 768, 96));
         assert_eq!(request.client_version, ProtocolVersion::V1_3_0);
         assert!(request.audio.is_empty() && request.image.is_empty());
         assert_eq!((request.timezone, request.name), (None, None));
@@ -488,9 +451,7 @@ mod tests {
             HandshakeEvent::Selected(Selection::Join(id.into()))
         );
         hs.send_args(&["read-only"]);
-        let HandshakeEvent::Connected(request) = hs
-            .handle(&instr("connect", &["VERSION_1_5_0", "true"]), now)
-            .unwrap()
+        let HandshakeEvent::Connected(request) = hs.handle(&instr("connect", &["VERSION_1_5_0", "true"]), now).unwrap()
         else {
             panic!("not connected");
         };
@@ -506,10 +467,7 @@ mod tests {
             hs.handle(&instr("size", &["1", "2"]), now),
             Err(HandshakeError::SelectNotFirst { got: "size".into() })
         );
-        assert_eq!(
-            hs.handle(&instr("select", &["vnc"]), now),
-            Err(HandshakeError::Finished)
-        );
+        assert_eq!(hs.handle(&instr("select", &["vnc"]), now), Err(HandshakeError::Finished));
         let mut hs = ServerHandshake::new(now);
         assert_eq!(
             hs.handle(&instr("select", &[]), now),
@@ -534,18 +492,13 @@ mod tests {
             let mut hs = selected(now);
             assert_eq!(
                 hs.handle(&instr(opcode, args), now),
-                Err(HandshakeError::UnexpectedInstruction {
-                    opcode: opcode.into()
-                })
+                Err(HandshakeError::UnexpectedInstruction { opcode: opcode.into() })
             );
         }
         let mut hs = selected(now);
         assert_eq!(
             hs.handle(&instr("size", &["x", "1"]), now),
-            Err(HandshakeError::Instruction(InstructionError::BadNumber {
-                opcode: "size".into(),
-                index: 0
-            }))
+            Err(HandshakeError::Instruction(InstructionError::BadNumber { opcode: "size".into(), index: 0 }))
         );
     }
 
@@ -555,10 +508,7 @@ mod tests {
         let mut hs = selected(now);
         assert_eq!(
             hs.handle(&instr("connect", &["VERSION_1_5_0", "h", "1"]), now),
-            Err(HandshakeError::ConnectArity {
-                expected: 4,
-                got: 2
-            })
+            Err(HandshakeError::ConnectArity { expected: 4, got: 2 })
         );
         assert!(!hs.is_complete());
     }
@@ -568,10 +518,7 @@ mod tests {
         let now = Instant::now();
         let mut hs = ServerHandshake::new(now);
         hs.handle(&instr("select", &["vnc"]), now).unwrap();
-        assert_eq!(
-            hs.handle(&instr("connect", &["VERSION_1_5_0"]), now),
-            Err(HandshakeError::ArgsNotSent)
-        );
+        assert_eq!(hs.handle(&instr("connect", &["VERSION_1_5_0"]), now), Err(HandshakeError::ArgsNotSent));
     }
 
     #[test]
@@ -593,21 +540,14 @@ mod tests {
 
         assert_eq!(
             hs.handle_timeout(t2 + ServerHandshake::INSTRUCTION_TIMEOUT),
-            Err(HandshakeError::Timeout {
-                waiting_for: "connect"
-            })
+            Err(HandshakeError::Timeout { waiting_for: "connect" })
         );
-        assert_eq!(
-            hs.handle(&instr("nop", &[]), t2),
-            Err(HandshakeError::Finished)
-        );
+        assert_eq!(hs.handle(&instr("nop", &[]), t2), Err(HandshakeError::Finished));
 
         let mut hs = ServerHandshake::new(start);
         assert_eq!(
             hs.handle_timeout(start + ServerHandshake::SELECT_TIMEOUT),
-            Err(HandshakeError::Timeout {
-                waiting_for: "select"
-            })
+            Err(HandshakeError::Timeout { waiting_for: "select" })
         );
     }
 
@@ -619,12 +559,8 @@ mod tests {
         hs.handle(&instr("image", &["image/webp"]), now).unwrap();
         hs.handle(&instr("size", &["1", "2", "3"]), now).unwrap();
         hs.handle(&instr("size", &["4", "5"]), now).unwrap();
-        let HandshakeEvent::Connected(request) = hs
-            .handle(
-                &instr("connect", &["VERSION_1_5_0", "a", "b", "c", "d"]),
-                now,
-            )
-            .unwrap()
+        let HandshakeEvent::Connected(request) =
+            hs.handle(&instr("connect", &["VERSION_1_5_0", "a", "b", "c", "d"]), now).unwrap()
         else {
             panic!("not connected");
         };

@@ -18,10 +18,7 @@ const INLINE_SPANS: usize = 8;
 /// Element spans: inline for short instructions, boxed otherwise.
 #[derive(Clone)]
 enum Spans {
-    Inline {
-        len: u8,
-        spans: [Span; INLINE_SPANS],
-    },
+    Inline { len: u8, spans: [Span; INLINE_SPANS] },
     Heap(Box<[Span]>),
 }
 
@@ -82,10 +79,7 @@ impl Instruction {
             crate::encoder::put_len_prefix(&mut buf, value.chars().count());
             let start = offset(buf.len());
             buf.extend_from_slice(value.as_bytes());
-            spans.push(Span {
-                start,
-                end: offset(buf.len()),
-            });
+            spans.push(Span { start, end: offset(buf.len()) });
         }
         buf.extend_from_slice(b";");
         Instruction::from_parts(buf.freeze(), &spans)
@@ -94,13 +88,8 @@ impl Instruction {
     /// Builds an instruction from bytes whose spans the decoder has validated.
     pub(crate) fn from_parts(bytes: Bytes, spans: &[Span]) -> Instruction {
         debug_assert!(!spans.is_empty());
-        debug_assert!(spans
-            .iter()
-            .all(|s| std::str::from_utf8(&bytes[s.start as usize..s.end as usize]).is_ok()));
-        Instruction {
-            bytes,
-            spans: Spans::from_slice(spans),
-        }
+        debug_assert!(spans.iter().all(|s| std::str::from_utf8(&bytes[s.start as usize..s.end as usize]).is_ok()));
+        Instruction { bytes, spans: Spans::from_slice(spans) }
     }
 
     fn element(&self, span: Span) -> &str {
@@ -112,10 +101,7 @@ impl Instruction {
 
     /// The opcode (first element). The WebSocket tunnel's internal opcode is the empty string.
     pub fn opcode(&self) -> &str {
-        self.spans
-            .as_slice()
-            .first()
-            .map_or("", |span| self.element(*span))
+        self.spans.as_slice().first().map_or("", |span| self.element(*span))
     }
 
     /// Number of arguments (elements after the opcode).
@@ -131,10 +117,7 @@ impl Instruction {
 
     /// The arguments in order.
     pub fn args(&self) -> Args<'_> {
-        Args {
-            instruction: self,
-            spans: self.spans.as_slice().get(1..).unwrap_or_default().iter(),
-        }
+        Args { instruction: self, spans: self.spans.as_slice().get(1..).unwrap_or_default().iter() }
     }
 
     /// The raw wire bytes, including the terminating `;`.
@@ -276,10 +259,7 @@ mod tests {
         assert_eq!(format!("{:?}", Instruction::new("nop", &[])), "nop()");
         let long = "a".repeat(100);
         let i = Instruction::new("blob", &["1", &long]);
-        assert_eq!(
-            format!("{i:?}"),
-            format!("blob(1, {}…<100 chars>)", "a".repeat(32))
-        );
+        assert_eq!(format!("{i:?}"), format!("blob(1, {}…<100 chars>)", "a".repeat(32)));
         let i = Instruction::new("connect", &["VERSION_1_5_0", "host", "secret"]);
         assert_eq!(format!("{i:?}"), "connect(<3 values redacted>)");
     }

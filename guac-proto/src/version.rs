@@ -33,14 +33,10 @@ impl ProtocolVersion {
         let Some(triple) = parse_triple(s) else {
             return ProtocolVersion::V1_0_0;
         };
-        [
-            ProtocolVersion::V1_5_0,
-            ProtocolVersion::V1_3_0,
-            ProtocolVersion::V1_1_0,
-        ]
-        .into_iter()
-        .find(|v| v.triple() <= triple)
-        .unwrap_or(ProtocolVersion::V1_0_0)
+        [ProtocolVersion::V1_5_0, ProtocolVersion::V1_3_0, ProtocolVersion::V1_1_0]
+            .into_iter()
+            .find(|v| v.triple() <= triple)
+            .unwrap_or(ProtocolVersion::V1_0_0)
     }
 
     /// The wire form, e.g. `VERSION_1_5_0`.

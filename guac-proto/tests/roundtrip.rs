@@ -2,8 +2,8 @@
 
 use bytes::BytesMut;
 use guac_proto::{
-    encode, encode_blobs, encode_instruction, ClientInstruction, DecodeError, Decoder, Instruction,
-    MAX_BLOB_BYTES, MAX_ELEMENTS, MAX_INSTRUCTION_BYTES,
+    encode, encode_blobs, encode_instruction, ClientInstruction, DecodeError, Decoder, Instruction, MAX_BLOB_BYTES,
+    MAX_ELEMENTS, MAX_INSTRUCTION_BYTES,
 };
 use proptest::prelude::*;
 
@@ -216,10 +216,7 @@ fn code_point_lengths_from_spec() {
     decoder.feed("4.name,5.José;".as_bytes());
     assert_eq!(decoder.decode(), Ok(None));
     decoder.feed(b"3.nop;");
-    assert_eq!(
-        decoder.decode(),
-        Err(DecodeError::BadTerminator { byte: b'3' })
-    );
+    assert_eq!(decoder.decode(), Err(DecodeError::BadTerminator { byte: b'3' }));
 }
 
 #[test]
@@ -232,30 +229,11 @@ fn limit_violations_are_errors() {
         "A".repeat(MAX_INSTRUCTION_BYTES - framing + 1)
     );
     assert_eq!(long.len(), MAX_INSTRUCTION_BYTES + 1);
-    assert_eq!(
-        decode(long.as_bytes()),
-        Some(DecodeError::InstructionTooLong {
-            limit: MAX_INSTRUCTION_BYTES
-        })
-    );
-    assert_eq!(
-        decode(b"4.sync,100000.1;"),
-        Some(DecodeError::LengthTooManyDigits)
-    );
+    assert_eq!(decode(long.as_bytes()), Some(DecodeError::InstructionTooLong { limit: MAX_INSTRUCTION_BYTES }));
+    assert_eq!(decode(b"4.sync,100000.1;"), Some(DecodeError::LengthTooManyDigits));
     let many = format!("1.x{};", ",0.".repeat(MAX_ELEMENTS));
-    assert_eq!(
-        decode(many.as_bytes()),
-        Some(DecodeError::TooManyElements {
-            limit: MAX_ELEMENTS
-        })
-    );
+    assert_eq!(decode(many.as_bytes()), Some(DecodeError::TooManyElements { limit: MAX_ELEMENTS }));
     assert_eq!(decode(b"4.name,1.\xfe;"), Some(DecodeError::InvalidUtf8));
-    assert_eq!(
-        decode(b"4.name,1.a 3.nop;"),
-        Some(DecodeError::BadTerminator { byte: b' ' })
-    );
-    assert_eq!(
-        decode(b"4.name1.a;"),
-        Some(DecodeError::BadTerminator { byte: b'1' })
-    );
+    assert_eq!(decode(b"4.name,1.a 3.nop;"), Some(DecodeError::BadTerminator { byte: b' ' }));
+    assert_eq!(decode(b"4.name1.a;"), Some(DecodeError::BadTerminator { byte: b'1' }));
 }

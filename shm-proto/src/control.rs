@@ -168,15 +168,24 @@ impl ControlChannel {
         if bytes.len() > MAX_CONTROL_MESSAGE {
             return Err(ControlError::TooLarge { len: bytes.len(), limit: MAX_CONTROL_MESSAGE });
         }
+        self.send_packet(&bytes).await
+    }
+
+    /// Sends arbitrary bytes as one packet. For tests that play a hostile worker; a real peer can send
+    /// anything anyway, so this grants nothing.
+    pub async fn danger_send_raw(&self, bytes: &[u8]) -> Result<(), ControlError> {
+        self.send_packet(bytes).await
+    }
+
+    async fn send_packet(&self, bytes: &[u8]) -> Result<(), ControlError> {
         loop {
             let mut guard = self.fd.writable().await?;
             let sent = guard.try_io(|fd| {
-                socket::send(fd.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT)
+                socket::send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT)
                     .map_err(io::Error::from)
             });
-            match sent {
-                Ok(result) => return result.map(drop).map_err(ControlError::Io),
-                Err(_would_block) => continue,
+            if let Ok(result) = sent {
+                return result.map(drop).map_err(ControlError::Io);
             }
         }
     }

@@ -417,6 +417,19 @@ impl FrameWriter {
     pub fn published(&self) -> u64 {
         self.published
     }
+
+    /// Writes any 32-bit value anywhere in the header page or damage lists, bypassing the protocol.
+    ///
+    /// For tests that play a hostile worker. It grants nothing a compromised worker lacks: a worker maps
+    /// the whole region writable, so the supervisor must (and does) survive any value here.
+    pub fn danger_store_u32(&self, offset: usize, value: u32) {
+        self.map.store_u32(offset.min(self.geometry.surface_offset(0) - 4) & !3, value);
+    }
+
+    /// Like [`FrameWriter::danger_store_u32`] for 64-bit words (`published`, slot sequence numbers).
+    pub fn danger_store_u64(&self, offset: usize, value: u64) {
+        self.map.store_u64(offset.min(self.geometry.surface_offset(0) - 8) & !7, value, Ordering::Release);
+    }
 }
 
 #[cfg(test)]

@@ -79,8 +79,7 @@ async fn handshake_speaks_guacd_1_6_vnc() {
     let peer = peers::static_screen();
     let client = open(&guacr, &peer).await;
     let names = client.arg_names().expect("args received");
-    let expected: Vec<String> =
-        include_str!("../../supervisor/src/args/vnc.txt").lines().map(str::to_string).collect();
+    let expected: Vec<String> = include_str!("../../supervisor/src/args/vnc.txt").lines().map(str::to_string).collect();
     assert_eq!(names.len(), 53);
     assert_eq!(names, expected, "args must list guacd 1.6's vnc parameter names in order");
     assert_eq!(client.server_version().as_deref(), Some("VERSION_1_5_0"));
@@ -192,7 +191,9 @@ async fn killed_worker_errors_its_session_and_spares_the_other() {
     // The other session keeps receiving frames from its own, untouched worker.
     let frames = survivor.frames();
     survivor
-        .wait_until_named("frames after the other worker died", Duration::from_secs(10), move |s| s.frames >= frames + 3)
+        .wait_until_named("frames after the other worker died", Duration::from_secs(10), move |s| {
+            s.frames >= frames + 3
+        })
         .await
         .expect("survivor keeps receiving frames");
     assert!(survivor.last_error().is_none() && !survivor.is_closed());

@@ -12,8 +12,11 @@ use guacr_tests::GuacClient;
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let mut server = "127.0.0.1:4822".to_string();
-    let mut params: Vec<(String, String)> =
-        vec![("hostname".into(), "127.0.0.1".into()), ("port".into(), "5901".into()), ("password".into(), "guacpass".into())];
+    let mut params: Vec<(String, String)> = vec![
+        ("hostname".into(), "127.0.0.1".into()),
+        ("port".into(), "5901".into()),
+        ("password".into(), "guacpass".into()),
+    ];
     let (mut width, mut height) = (1024u32, 768u32);
     let mut out = "snapshot.png".to_string();
     let mut args = std::env::args().skip(1);
