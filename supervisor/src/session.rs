@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use guac_proto::handshake::{ConnectRequest, HandshakeError, HandshakeEvent, Selection, ServerHandshake};
-use guac_proto::{encode, ClientInstruction, Instruction, ProtocolVersion, Status};
+use guac_proto::{encode, ClientInstruction, Instruction, Status};
 use shm_proto::control::Params;
 use shm_proto::{ControlChannel, Frame, FrameReader, FromWorker, Geometry, ToWorker};
 use tokio::net::TcpStream;
@@ -117,7 +117,7 @@ async fn run(
         return Err(SessionEnd::error(Status::ServerError, "Session worker did not start."));
     }
     let Worker { mut child, control, frames, .. } = worker;
-    let mut session = Session::new(protocol, &request, params, shared);
+    let mut session = Session::new(protocol, params, shared);
     let result = session.run(reader, writer, &mut child, &control, frames).await;
     // Whatever happened, the worker goes: politely if it is still healthy, by SIGKILL otherwise.
     let healthy = result.is_ok() || result.as_ref().is_err_and(|e| e.status.is_none());
@@ -232,7 +232,6 @@ type Encoded = (FrameReader, Frame, BytesMut, ClientDisplay);
 struct Session<'a> {
     protocol: Protocol,
     shared: &'a Shared,
-    client_version: ProtocolVersion,
     display: Option<ClientDisplay>,
     params: Params,
     clipboard_limit: usize,
@@ -250,7 +249,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(protocol: Protocol, request: &ConnectRequest, params: Params, shared: &'a Shared) -> Session<'a> {
+    fn new(protocol: Protocol, params: Params, shared: &'a Shared) -> Session<'a> {
         let clipboard_limit = params
             .get("clipboard-buffer-size")
             .and_then(|v| v.parse::<usize>().ok())
@@ -259,7 +258,6 @@ impl<'a> Session<'a> {
         Session {
             protocol,
             shared,
-            client_version: request.client_version,
             display: Some(ClientDisplay::default()),
             params,
             clipboard_limit,
@@ -560,7 +558,6 @@ impl<'a> Session<'a> {
                 return Err(SessionEnd::close(message));
             }
         }
-        let _ = self.client_version;
         Ok(())
     }
 }
