@@ -4,8 +4,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use guac_proto::{DecodeError, Decoder, Instruction, Status};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 
 /// A client that does not take our output for this long is dropped.
@@ -34,14 +33,20 @@ impl ClientError {
     }
 }
 
+/// The client's byte stream, whatever carries it (plain TCP today; TLS or a tunnel later).
+pub type ClientRead = Box<dyn AsyncRead + Send + Unpin>;
+/// Where instructions for the client go. Each `send` carries whole instructions, so a message-oriented
+/// transport can map one `send` to one message.
+pub type ClientWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
 pub struct ClientReader {
-    read: OwnedReadHalf,
+    read: ClientRead,
     decoder: Decoder,
     pub last_input: Instant,
 }
 
 impl ClientReader {
-    pub fn new(read: OwnedReadHalf) -> ClientReader {
+    pub fn new(read: ClientRead) -> ClientReader {
         ClientReader { read, decoder: Decoder::new(), last_input: Instant::now() }
     }
 
@@ -62,12 +67,12 @@ impl ClientReader {
 }
 
 pub struct ClientWriter {
-    write: OwnedWriteHalf,
+    write: ClientWrite,
     pub last_output: Instant,
 }
 
 impl ClientWriter {
-    pub fn new(write: OwnedWriteHalf) -> ClientWriter {
+    pub fn new(write: ClientWrite) -> ClientWriter {
         ClientWriter { write, last_output: Instant::now() }
     }
 

@@ -50,8 +50,8 @@ pub async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<
     async move {
         let _ = stream.set_nodelay(true);
         let (read, write) = stream.into_split();
-        let mut reader = ClientReader::new(read);
-        let mut writer = ClientWriter::new(write);
+        let mut reader = ClientReader::new(Box::new(read));
+        let mut writer = ClientWriter::new(Box::new(write));
         let end = run(&mut reader, &mut writer, &connection_id, &shared).await;
         match end {
             Ok(()) => info!("Connection closed"),
@@ -97,12 +97,33 @@ async fn run(
     connection_id: &str,
     shared: &Shared,
 ) -> Result<(), SessionEnd> {
-    let (protocol, mut worker, request) = handshake(reader, writer, connection_id, shared).await?;
+    let (protocol, worker, request) = handshake(reader, writer, connection_id, shared).await?;
+    run_connected(reader, writer, protocol, worker, request, connection_id, shared).await
+}
+
+/// Everything after `connect`: `ready`, the worker's `Start`, the session loop, and the worker's end.
+/// Entry points that do the handshake themselves (a tunnel) call this with their own request.
+async fn run_connected(
+    reader: &mut ClientReader,
+    writer: &mut ClientWriter,
+    protocol: Protocol,
+    worker: Worker,
+    request: Result<ConnectRequest, SessionEnd>,
+    connection_id: &str,
+    shared: &Shared,
+) -> Result<(), SessionEnd> {
     // guacd sends `ready` before it looks at the values; so do we.
     let mut out = BytesMut::new();
     encode(&mut out, "ready").str(connection_id).finish();
     writer.send(&out).await?;
-    let request = request?;
+    let mut worker = worker;
+    let request = match request {
+        Ok(request) => request,
+        Err(end) => {
+            worker::kill(&mut worker.child).await;
+            return Err(end);
+        }
+    };
     info!(protocol = protocol.name(), width = request.width, height = request.height, "Connection ready");
     let params = Params(request.params.clone());
     let start = ToWorker::Start {

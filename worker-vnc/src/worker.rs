@@ -207,10 +207,6 @@ async fn handshake(stream: &mut TcpStream, client: &mut Client) -> Result<(u32, 
     let io_failure = |e: std::io::Error| Failure::new(status::UPSTREAM_ERROR, format!("VNC handshake failed: {e}"));
     let mut buf = vec![0u8; 4096];
     loop {
-        while !client.pending_output().is_empty() {
-            let n = stream.write(client.pending_output()).await.map_err(io_failure)?;
-            client.consume_output(n);
-        }
         loop {
             match client.poll(&mut Surface::empty()) {
                 Ok(Some(Event::Connected { width, height, name })) => return Ok((width, height, name)),
@@ -218,6 +214,10 @@ async fn handshake(stream: &mut TcpStream, client: &mut Client) -> Result<(u32, 
                 Ok(None) => break,
                 Err(e) => return Err(Failure::rfb(&e)),
             }
+        }
+        while !client.pending_output().is_empty() {
+            let n = stream.write(client.pending_output()).await.map_err(io_failure)?;
+            client.consume_output(n);
         }
         match stream.read(&mut buf).await {
             Ok(0) => return Err(Failure::rfb(&client.eof_error())),

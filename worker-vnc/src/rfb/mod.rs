@@ -313,6 +313,7 @@ impl Client {
             match result {
                 Ok(Step::NeedMore) => return Ok(None),
                 Ok(Step::Advance { consumed, event }) => {
+                    tracing::trace!(state = ?self.state, consumed, "RFB step");
                     self.start += consumed;
                     if event.is_some() {
                         return Ok(event);

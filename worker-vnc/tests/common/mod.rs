@@ -63,7 +63,7 @@ impl Worker {
         let (ours, theirs) = ControlChannel::pair().expect("control pair");
         let mut command = Command::new(env!("CARGO_BIN_EXE_guacr-worker-vnc"));
         command
-            .args(["--session", "$test", "--parent", &std::process::id().to_string(), "--log", "debug"])
+            .args(["--session", "$test", "--parent", &std::process::id().to_string(), "--log", &std::env::var("GUACR_TEST_LOG").unwrap_or_else(|_| "debug".into())])
             .env_clear()
             .stdin(Stdio::null())
             .fd_mappings(vec![
