@@ -4,8 +4,7 @@
 //! A test that needs a peer must call [`VncPeer::require_up`] (or [`require_up`]) first: it panics
 //! when the peer is not listening, so a test never passes without its server.
 
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::net::SocketAddr;
 
 /// VNC password of every peer.
 pub const DEFAULT_PASSWORD: &str = "guacpass";
@@ -34,10 +33,7 @@ impl VncPeer {
 
     /// Panics (with how to fix it) unless the peer accepts TCP connections. Returns `self`.
     pub fn require_up(&self) -> &Self {
-        require_up_named(
-            self.addr,
-            &format!("{} VNC peer (display {})", self.role, self.display),
-        );
+        require_up_named(self.addr, &format!("{} VNC peer (display {})", self.role, self.display));
         self
     }
 
@@ -58,23 +54,10 @@ fn env_or(name: &str, default: &str) -> String {
     }
 }
 
-fn peer(
-    role: &'static str,
-    addr_var: &str,
-    addr: &str,
-    display_var: &str,
-    display: &str,
-) -> VncPeer {
+fn peer(role: &'static str, addr_var: &str, addr: &str, display_var: &str, display: &str) -> VncPeer {
     let a = env_or(addr_var, addr);
-    let addr = a
-        .parse()
-        .unwrap_or_else(|e| panic!("{addr_var}={a:?} is not an address like 127.0.0.1:5901: {e}"));
-    VncPeer {
-        role,
-        addr,
-        display: env_or(display_var, display),
-        password: password(),
-    }
+    let addr = a.parse().unwrap_or_else(|e| panic!("{addr_var}={a:?} is not an address like 127.0.0.1:5901: {e}"));
+    VncPeer { role, addr, display: env_or(display_var, display), password: password() }
 }
 
 /// `GUACR_VNC_PASSWORD`, default `guacpass`.
@@ -84,47 +67,25 @@ pub fn password() -> String {
 
 /// Xvfb :51 + x11vnc on 127.0.0.1:5901: a clock and `top`, so the screen keeps changing.
 pub fn changing() -> VncPeer {
-    peer(
-        "changing",
-        "GUACR_VNC_CHANGING",
-        "127.0.0.1:5901",
-        "GUACR_DISPLAY_CHANGING",
-        ":51",
-    )
+    peer("changing", "GUACR_VNC_CHANGING", "127.0.0.1:5901", "GUACR_DISPLAY_CHANGING", ":51")
 }
 
 /// Xtigervnc :52 on 127.0.0.1:5902: a plaid root and a static xterm; nothing changes by itself.
 pub fn static_screen() -> VncPeer {
-    peer(
-        "static",
-        "GUACR_VNC_STATIC",
-        "127.0.0.1:5902",
-        "GUACR_DISPLAY_STATIC",
-        ":52",
-    )
+    peer("static", "GUACR_VNC_STATIC", "127.0.0.1:5902", "GUACR_DISPLAY_STATIC", ":52")
 }
 
 /// Xtigervnc :53 on 127.0.0.1:5903: an 80x24 xterm at the top left running bash, for typing.
 /// Keyboard focus follows the pointer (no window manager): move the pointer to
 /// [`typing_pointer`] before typing.
 pub fn typing() -> VncPeer {
-    peer(
-        "typing",
-        "GUACR_VNC_TYPING",
-        "127.0.0.1:5903",
-        "GUACR_DISPLAY_TYPING",
-        ":53",
-    )
+    peer("typing", "GUACR_VNC_TYPING", "127.0.0.1:5903", "GUACR_DISPLAY_TYPING", ":53")
 }
 
 /// A point inside the typing xterm (`GUACR_TYPING_POINTER_X/Y`, default 200,150).
 pub fn typing_pointer() -> (i32, i32) {
-    let x = env_or("GUACR_TYPING_POINTER_X", "200")
-        .parse()
-        .unwrap_or(200);
-    let y = env_or("GUACR_TYPING_POINTER_Y", "150")
-        .parse()
-        .unwrap_or(150);
+    let x = env_or("GUACR_TYPING_POINTER_X", "200").parse().unwrap_or(200);
+    let y = env_or("GUACR_TYPING_POINTER_Y", "150").parse().unwrap_or(150);
     (x, y)
 }
 
@@ -138,9 +99,11 @@ pub fn require_up(addr: SocketAddr) {
 }
 
 fn require_up_named(addr: SocketAddr, what: &str) {
-    if let Err(e) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+    // Look at the listening sockets instead of connecting: Xvnc counts a connection that closes before
+    // authenticating as a failed login and blacklists the address after a few.
+    if !crate::process::port_listening(addr.port()) {
         panic!(
-            "\n\n*** {what} at {addr} is not accepting connections ({e}).\n\
+            "\n\n*** {what} at {addr} is not listening.\n\
              *** Start the test peers first: scripts/peers.sh start  (check: scripts/peers.sh status)\n\
              *** A test never passes or skips without its server.\n\n"
         );

@@ -109,8 +109,12 @@ async fn composited_image_matches_the_vnc_servers_screen() {
         .expect("cursor image");
 }
 
+/// Tests that type into the one xterm on the typing display take turns.
+static TYPING_XTERM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_text_appears_in_the_xterm() {
+    let _xterm = TYPING_XTERM.lock().await;
     let guacr = guacr();
     let peer = peers::typing();
     let client = open(&guacr, &peer).await;
@@ -229,7 +233,8 @@ async fn malformed_instructions_give_768_and_spare_the_other_session() {
 async fn an_endless_instruction_gets_781() {
     let guacr = guacr();
     let client = open(&guacr, &peers::static_screen()).await;
-    client.send_raw(format!("5000.{}", "x".repeat(9000)).as_bytes()).await.unwrap();
+    // A length prefix that cannot fit in guacd's 8192-byte instruction buffer.
+    client.send_raw(format!("9000.{}", "x".repeat(9000)).as_bytes()).await.unwrap();
     client
         .wait_until_named("error", Duration::from_secs(5), |s| s.last_error().is_some())
         .await
@@ -268,10 +273,17 @@ async fn workers_hold_only_their_own_descriptors_and_are_locked_down() {
     wait_first_frame(&b).await;
 
     use std::os::unix::fs::MetadataExt;
+    // Sockets, pipes and memfds by identity (anonymous inodes like epoll share one inode, /dev/null is
+    // everyone's).
     let inodes = |pid: u32| -> BTreeSet<(u64, u64)> {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
-            .filter_map(|e| std::fs::metadata(e.unwrap().path()).ok())
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let target = std::fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default();
+                ["socket:", "pipe:", "/memfd:"].iter().any(|k| target.starts_with(k))
+            })
+            .filter_map(|p| std::fs::metadata(p).ok())
             .map(|m| (m.dev(), m.ino()))
             .collect()
     };
@@ -283,31 +295,39 @@ async fn workers_hold_only_their_own_descriptors_and_are_locked_down() {
         let fds: BTreeSet<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         let listing: Vec<String> = fds.iter().map(|fd| format!("{fd} -> {}", link(fd))).collect();
-        // What the supervisor passed at exec.
+        // What the supervisor passed at exec. The memfd (fd 4) is closed once mapped, so that number may
+        // be reused by the worker's own connection.
         assert_eq!(link("0"), "/dev/null", "{listing:?}");
         assert_eq!(link("1"), "/dev/null", "{listing:?}");
         assert!(link("2").starts_with("pipe:"), "fd 2 is the log pipe: {listing:?}");
         assert!(link("3").starts_with("socket:"), "fd 3 is the control socket: {listing:?}");
-        assert!(link("4").starts_with("/memfd:guacr-frames"), "fd 4 is the memfd: {listing:?}");
-        // Everything else is what the worker opened itself: its event loop and its one VNC connection.
-        for fd in fds.iter().filter(|fd| fd.parse::<u32>().unwrap() > 4) {
+        // Everything else is what the worker opened itself: its event loop and its VNC connection.
+        for fd in fds.iter().filter(|fd| fd.parse::<u32>().unwrap() > 3) {
             let target = link(fd);
             let own = target.starts_with("anon_inode:[eventpoll]")
                 || target.starts_with("anon_inode:[eventfd]")
-                || target.starts_with("socket:");
+                || target.starts_with("socket:")
+                || target.starts_with("/memfd:guacr-frames");
             assert!(own, "worker {pid} holds an unexpected descriptor {fd} -> {target}: {listing:?}");
         }
-        let sockets = listing.iter().filter(|l| l.contains("socket:")).count();
-        assert_eq!(sockets, 2, "control socket + the VNC connection only: {listing:?}");
-        // Nothing the supervisor holds (listener, client sockets, other sessions' memfds and sockets) is
-        // shared with the worker, except this worker's own memfd and log pipe.
-        let own_shared: BTreeSet<(u64, u64)> = ["2", "4"]
-            .iter()
-            .map(|fd| std::fs::metadata(format!("{dir}/{fd}")).map(|m| (m.dev(), m.ino())).unwrap())
-            .collect();
+        // Nothing the supervisor holds (listener, client sockets, other sessions' memfds and control
+        // sockets) is shared with the worker, except this worker's log pipe and its own memfd.
         let shared: BTreeSet<(u64, u64)> = inodes(pid).intersection(&supervisor_objects).copied().collect();
-        assert_eq!(shared, own_shared, "worker {pid} shares objects with the supervisor: {listing:?}");
-        memfds.push(own_shared);
+        let log_pipe = std::fs::metadata(format!("{dir}/2")).map(|m| (m.dev(), m.ino())).unwrap();
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+        let mapped_memfds: BTreeSet<u64> = maps
+            .lines()
+            .filter(|l| l.contains("/memfd:guacr-frames"))
+            .map(|l| l.split_whitespace().nth(4).unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(mapped_memfds.len(), 1, "worker {pid} maps exactly one session region: {maps}");
+        for object in &shared {
+            assert!(
+                *object == log_pipe || mapped_memfds.contains(&object.1),
+                "worker {pid} shares {object:?} with the supervisor: {listing:?}"
+            );
+        }
+        memfds.push(mapped_memfds);
 
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         assert!(status.lines().any(|l| l.split_whitespace().eq(["NoNewPrivs:", "1"])), "no_new_privs set");
@@ -321,7 +341,7 @@ async fn workers_hold_only_their_own_descriptors_and_are_locked_down() {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert!(environ.is_empty(), "worker environment is empty, got {:?}", String::from_utf8_lossy(&environ));
     }
-    assert!(memfds[0].is_disjoint(&memfds[1]), "each session has its own memfd and log pipe");
+    assert!(memfds[0].is_disjoint(&memfds[1]), "each session maps its own memfd");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,24 +394,51 @@ async fn client_without_select_is_dropped_after_15_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clipboard_travels_both_ways() {
+    let _xterm = TYPING_XTERM.lock().await;
     let guacr = guacr();
-    let peer = peers::static_screen();
-    let sender = open(&guacr, &peer).await;
-    let receiver = open(&guacr, &peer).await;
-    wait_first_frame(&sender).await;
-    wait_first_frame(&receiver).await;
-    let text = format!("guacr clipboard {}", std::process::id());
-    // Client → guacr → VNC server (ClientCutText); the server then offers it to its other client,
-    // which guacr forwards as a `clipboard` stream (ServerCutText → client).
-    sender.send("clipboard", &["10", "text/plain"]).await.unwrap();
-    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text.as_bytes());
-    sender.send("blob", &["10", &b64]).await.unwrap();
-    sender.send("end", &["10"]).await.unwrap();
-    let expected = text.clone();
-    receiver
+    let peer = peers::typing();
+    let client = open(&guacr, &peer).await;
+    wait_first_frame(&client).await;
+    let (x, y) = peers::typing_pointer();
+    client.send_mouse(x, y, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // Client → server: our clipboard becomes the X selection; a middle click pastes it into bash.
+    let marker = format!("/tmp/guacr-clipboard-{}", std::process::id());
+    let _ = std::fs::remove_file(&marker);
+    let command = format!("clear; touch {marker}");
+    client.send("clipboard", &["10", "text/plain"]).await.unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, command.as_bytes());
+    client.send("blob", &["10", &b64]).await.unwrap();
+    client.send("end", &["10"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.send_mouse(x, y, 2).await.unwrap();
+    client.send_mouse(x, y, 0).await.unwrap();
+    // The paste is asynchronous (xterm asks the selection owner); press Return after it landed.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client.type_text("\n").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&marker).exists() {
+        assert!(Instant::now() < deadline, "the pasted command never ran: clipboard did not reach the server");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&marker);
+
+    // Server → client: selecting a line in the xterm makes the server announce its clipboard.
+    let word = format!("guacrword{}", std::process::id());
+    client.type_text(&format!("clear; echo {word}\n")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..3 {
+        client.send_mouse(30, 8, 1).await.unwrap();
+        client.send_mouse(30, 8, 0).await.unwrap();
+    }
+    client.send_mouse(x, y, 0).await.unwrap();
+    client
         .wait_until_named("clipboard from the server", Duration::from_secs(10), move |s| {
-            s.finished_streams.iter().any(|st| st.kind == "clipboard" && st.data == expected.as_bytes())
+            s.finished_streams
+                .iter()
+                .any(|st| st.kind == "clipboard" && String::from_utf8_lossy(&st.data).contains(&word))
         })
         .await
-        .expect("clipboard arrived through the VNC server");
+        .expect("selected text arrived as a clipboard stream");
 }

@@ -18,7 +18,7 @@ fn main() {
         tracing::error!(%error, "Lock-down failed");
         std::process::exit(1);
     }
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             tracing::error!(%error, "Cannot start the runtime");

@@ -7,30 +7,98 @@ use crate::rfb::{encoding, ClientConfig, Secret};
 
 /// Every parameter guacd 1.6 accepts for VNC, in its order.
 pub const PARAMETERS: [&str; 53] = [
-    "hostname", "port", "read-only", "disable-display-resize", "encodings", "username", "password",
-    "swap-red-blue", "color-depth", "cursor", "autoretry", "clipboard-encoding", "dest-host", "dest-port",
-    "enable-audio", "audio-servername", "reverse-connect", "listen-timeout", "enable-sftp", "sftp-hostname",
-    "sftp-host-key", "sftp-port", "sftp-timeout", "sftp-username", "sftp-password", "sftp-private-key",
-    "sftp-passphrase", "sftp-public-key", "sftp-directory", "sftp-root-directory", "sftp-server-alive-interval",
-    "sftp-disable-download", "sftp-disable-upload", "recording-path", "recording-name", "recording-exclude-output",
-    "recording-exclude-mouse", "recording-include-keys", "recording-include-clipboard", "create-recording-path",
-    "recording-write-existing", "clipboard-buffer-size", "disable-copy", "disable-paste", "disable-server-input",
-    "wol-send-packet", "wol-mac-addr", "wol-broadcast-addr", "wol-udp-port", "wol-wait-time", "force-lossless",
-    "compress-level", "quality-level",
+    "hostname",
+    "port",
+    "read-only",
+    "disable-display-resize",
+    "encodings",
+    "username",
+    "password",
+    "swap-red-blue",
+    "color-depth",
+    "cursor",
+    "autoretry",
+    "clipboard-encoding",
+    "dest-host",
+    "dest-port",
+    "enable-audio",
+    "audio-servername",
+    "reverse-connect",
+    "listen-timeout",
+    "enable-sftp",
+    "sftp-hostname",
+    "sftp-host-key",
+    "sftp-port",
+    "sftp-timeout",
+    "sftp-username",
+    "sftp-password",
+    "sftp-private-key",
+    "sftp-passphrase",
+    "sftp-public-key",
+    "sftp-directory",
+    "sftp-root-directory",
+    "sftp-server-alive-interval",
+    "sftp-disable-download",
+    "sftp-disable-upload",
+    "recording-path",
+    "recording-name",
+    "recording-exclude-output",
+    "recording-exclude-mouse",
+    "recording-include-keys",
+    "recording-include-clipboard",
+    "create-recording-path",
+    "recording-write-existing",
+    "clipboard-buffer-size",
+    "disable-copy",
+    "disable-paste",
+    "disable-server-input",
+    "wol-send-packet",
+    "wol-mac-addr",
+    "wol-broadcast-addr",
+    "wol-udp-port",
+    "wol-wait-time",
+    "force-lossless",
+    "compress-level",
+    "quality-level",
 ];
 
 /// Parameters this worker implements (color-depth only for 24 and 32).
 const IMPLEMENTED: [&str; 18] = [
-    "hostname", "port", "read-only", "disable-display-resize", "encodings", "username", "password",
-    "swap-red-blue", "color-depth", "cursor", "autoretry", "clipboard-encoding", "clipboard-buffer-size",
-    "disable-copy", "disable-paste", "force-lossless", "compress-level", "quality-level",
+    "hostname",
+    "port",
+    "read-only",
+    "disable-display-resize",
+    "encodings",
+    "username",
+    "password",
+    "swap-red-blue",
+    "color-depth",
+    "cursor",
+    "autoretry",
+    "clipboard-encoding",
+    "clipboard-buffer-size",
+    "disable-copy",
+    "disable-paste",
+    "force-lossless",
+    "compress-level",
+    "quality-level",
 ];
 
 /// Boolean parameters: only "true" means the feature was asked for.
 const FLAGS: [&str; 13] = [
-    "enable-audio", "reverse-connect", "enable-sftp", "sftp-disable-download", "sftp-disable-upload",
-    "recording-exclude-output", "recording-exclude-mouse", "recording-include-keys", "recording-include-clipboard",
-    "create-recording-path", "recording-write-existing", "disable-server-input", "wol-send-packet",
+    "enable-audio",
+    "reverse-connect",
+    "enable-sftp",
+    "sftp-disable-download",
+    "sftp-disable-upload",
+    "recording-exclude-output",
+    "recording-exclude-mouse",
+    "recording-include-keys",
+    "recording-include-clipboard",
+    "create-recording-path",
+    "recording-write-existing",
+    "disable-server-input",
+    "wol-send-packet",
 ];
 
 /// guacd's clipboard bounds: at least and by default 256 KiB, at most 50 MiB.
@@ -222,7 +290,16 @@ mod tests {
         assert_eq!((s.hostname.as_str(), s.port), ("h", 5900));
         assert_eq!(
             s.encodings,
-            [7, 16, 1, 0, encoding::CURSOR, encoding::EXTENDED_DESKTOP_SIZE, encoding::DESKTOP_SIZE, encoding::LAST_RECT]
+            [
+                7,
+                16,
+                1,
+                0,
+                encoding::CURSOR,
+                encoding::EXTENDED_DESKTOP_SIZE,
+                encoding::DESKTOP_SIZE,
+                encoding::LAST_RECT
+            ]
         );
         assert!(s.resize && !s.read_only && s.password.is_none());
         assert_eq!(s.clipboard_buffer_size, CLIPBOARD_MIN);
@@ -232,8 +309,21 @@ mod tests {
     #[test]
     fn every_parameter_is_known_and_implemented_ones_are_not_reported() {
         assert_eq!(PARAMETERS.len(), 53);
-        let all: Vec<(&str, &str)> =
-            PARAMETERS.iter().map(|&n| (n, if n == "port" { "5901" } else if n == "color-depth" { "24" } else { "true" })).collect();
+        let all: Vec<(&str, &str)> = PARAMETERS
+            .iter()
+            .map(|&n| {
+                (
+                    n,
+                    if n == "port" {
+                        "5901"
+                    } else if n == "color-depth" {
+                        "24"
+                    } else {
+                        "true"
+                    },
+                )
+            })
+            .collect();
         let (_, notes) = Settings::from_params(&params(&all)).unwrap();
         for name in &notes.unsupported {
             assert!(!IMPLEMENTED.contains(name), "{name}");
@@ -262,14 +352,19 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(s.port, 5902);
-        assert_eq!(s.encodings, [16, 0, encoding::EXTENDED_DESKTOP_SIZE, encoding::DESKTOP_SIZE, encoding::LAST_RECT, -253]);
+        assert_eq!(
+            s.encodings,
+            [16, 0, encoding::EXTENDED_DESKTOP_SIZE, encoding::DESKTOP_SIZE, encoding::LAST_RECT, -253]
+        );
         assert_eq!(notes.unsupported, ["color-depth"]);
         assert_eq!(notes.warnings.len(), 3, "{:?}", notes.warnings);
         assert_eq!(s.clipboard_buffer_size, CLIPBOARD_MAX);
         assert_eq!(s.clipboard_encoding, ClipboardEncoding::Utf8);
         assert_eq!(s.autoretry, 3);
         assert!(!s.resize);
-        let (s, _) = Settings::from_params(&params(&[("hostname", "h"), ("quality-level", "5"), ("force-lossless", "true")])).unwrap();
+        let (s, _) =
+            Settings::from_params(&params(&[("hostname", "h"), ("quality-level", "5"), ("force-lossless", "true")]))
+                .unwrap();
         assert!(!s.encodings.iter().any(|&e| (encoding::QUALITY_LEVEL_0..encoding::QUALITY_LEVEL_0 + 10).contains(&e)));
         let (s, _) = Settings::from_params(&params(&[("hostname", "h"), ("encodings", "copyrect")])).unwrap();
         assert_eq!(&s.encodings[..2], [1, 0]);
@@ -278,7 +373,13 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!(Settings::from_params(&params(&[])).unwrap_err(), SettingsError::NoHostname);
-        assert!(matches!(Settings::from_params(&params(&[("hostname", "h"), ("port", "x")])), Err(SettingsError::BadPort(_))));
-        assert!(matches!(Settings::from_params(&params(&[("hostname", "h"), ("port", "70000")])), Err(SettingsError::BadPort(_))));
+        assert!(matches!(
+            Settings::from_params(&params(&[("hostname", "h"), ("port", "x")])),
+            Err(SettingsError::BadPort(_))
+        ));
+        assert!(matches!(
+            Settings::from_params(&params(&[("hostname", "h"), ("port", "70000")])),
+            Err(SettingsError::BadPort(_))
+        ));
     }
 }

@@ -8,10 +8,11 @@
 //!    publishes a frame if the supervisor released the previous one, otherwise damage accumulates until
 //!    `Consumed` arrives.
 
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use shm_proto::control::{CLIPBOARD_CHUNK, MAX_CURSOR_SIDE};
-use shm_proto::{FromWorker, ToWorker};
+use shm_proto::{ControlError, FromWorker, ToWorker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
@@ -72,7 +73,7 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             return 1;
         }
     };
-    let params = match session.wait_for_start().await {
+    let (params, client_width, client_height) = match session.wait_for_start().await {
         Ok(Some(ToWorker::Start { params, width, height, .. })) => (params, width, height),
         Ok(_) => return 0,
         Err(error) => {
@@ -80,7 +81,6 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             return 1;
         }
     };
-    let (params, client_width, client_height) = params;
     let (settings, notes) = match Settings::from_params(&params) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -113,9 +113,12 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
                             return 1;
                         }
                     }
-                    Ok(Some(ToWorker::Resize { width, height })) => desired_size = Some((width, height)),
+                    Ok(Some(ToWorker::Resize { width, height })) if width > 0 && height > 0 => {
+                        desired_size = Some((width, height));
+                    }
                     Ok(Some(ToWorker::Shutdown) | None) => return 0,
                     Ok(Some(_)) => {} // input before the handshake is done is dropped
+                    Err(error) if supervisor_gone(&error) => return 0,
                     Err(error) => {
                         tracing::error!(%error, "Control channel failed");
                         return 1;
@@ -157,6 +160,11 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
     }
 }
 
+/// A seqpacket peer that closed with our messages unread reports ECONNRESET instead of end of file.
+fn supervisor_gone(error: &ControlError) -> bool {
+    matches!(error, ControlError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
 fn heartbeat_timer() -> tokio::time::Interval {
     let mut heartbeat = interval(HEARTBEAT_INTERVAL);
     heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -168,8 +176,20 @@ type Connection = (TcpStream, Client, (u32, u32, String));
 /// Connects with `autoretry` extra attempts, 1 s apart. A rejected password is never retried.
 async fn connect(settings: &Settings, config: ClientConfig) -> Result<Connection, Failure> {
     let mut attempt = 0;
+    let mut addresses: Option<Vec<SocketAddr>> = None;
     loop {
-        match connect_once(settings, config.clone()).await {
+        let result = match &addresses {
+            Some(addrs) => connect_once(settings, addrs, config.clone()).await,
+            None => match resolve(&settings.hostname, settings.port).await {
+                Ok(addrs) => {
+                    let result = connect_once(settings, &addrs, config.clone()).await;
+                    addresses = Some(addrs);
+                    result
+                }
+                Err(failure) => Err(failure),
+            },
+        };
+        match result {
             Ok(connection) => return Ok(connection),
             Err(failure) if failure.status == status::CLIENT_UNAUTHORIZED || attempt >= settings.autoretry => {
                 return Err(failure)
@@ -183,13 +203,42 @@ async fn connect(settings: &Settings, config: ClientConfig) -> Result<Connection
     }
 }
 
-async fn connect_once(settings: &Settings, config: ClientConfig) -> Result<Connection, Failure> {
+/// Resolves the host name on a short-lived thread (the lookup may block; the control loop keeps
+/// answering meanwhile), joined afterwards so the process is single-threaded again: a sandbox that
+/// forbids reading `/etc` can then go up before the first connection.
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = host.to_string();
+    let lookup = std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Iterator::collect::<Vec<_>>));
+        })
+        .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("cannot start the resolver: {e}")))?;
+    let result = rx.await;
+    let _ = lookup.join();
+    let unreachable = |detail: String| {
+        Failure::new(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to VNC server {host}:{port}: {detail}"))
+    };
+    match result {
+        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(_)) => Err(unreachable("the name has no address".into())),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable("the resolver failed".into())),
+    }
+}
+
+async fn connect_once(settings: &Settings, addrs: &[SocketAddr], config: ClientConfig) -> Result<Connection, Failure> {
     let target = format!("{}:{}", settings.hostname, settings.port);
-    let mut stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect((settings.hostname.as_str(), settings.port))).await
-    {
-        Err(_) => return Err(Failure::new(status::UPSTREAM_TIMEOUT, format!("Timed out connecting to VNC server {target}"))),
+    let mut stream = match timeout(CONNECT_TIMEOUT, TcpStream::connect(addrs)).await {
+        Err(_) => {
+            return Err(Failure::new(status::UPSTREAM_TIMEOUT, format!("Timed out connecting to VNC server {target}")))
+        }
         Ok(Err(e)) => {
-            return Err(Failure::new(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to VNC server {target}: {e}")))
+            return Err(Failure::new(
+                status::UPSTREAM_NOT_FOUND,
+                format!("Unable to connect to VNC server {target}: {e}"),
+            ))
         }
         Ok(Ok(stream)) => stream,
     };
@@ -222,9 +271,7 @@ async fn handshake(stream: &mut TcpStream, client: &mut Client) -> Result<(u32, 
         match stream.read(&mut buf).await {
             Ok(0) => return Err(Failure::rfb(&client.eof_error())),
             Ok(n) => client.receive(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                return Err(Failure::rfb(&client.eof_error()))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(Failure::rfb(&client.eof_error())),
             Err(e) => return Err(io_failure(e)),
         }
     }
@@ -271,6 +318,10 @@ impl Worker {
                     }
                     Ok(None) => {
                         debug!("Supervisor closed the control channel");
+                        return End::Exit(0);
+                    }
+                    Err(error) if supervisor_gone(&error) => {
+                        debug!(%error, "Supervisor closed the control channel");
                         return End::Exit(0);
                     }
                     Err(error) => {
@@ -350,7 +401,9 @@ impl Worker {
     async fn send_clipboard(&mut self, data: &[u8]) -> Result<(), End> {
         let mut chunks = data.chunks(CLIPBOARD_CHUNK).peekable();
         if chunks.peek().is_none() {
-            return self.send(&FromWorker::Clipboard { mimetype: "text/plain".into(), data: Vec::new(), last: true }).await;
+            return self
+                .send(&FromWorker::Clipboard { mimetype: "text/plain".into(), data: Vec::new(), last: true })
+                .await;
         }
         while let Some(chunk) = chunks.next() {
             let last = chunks.peek().is_none();
@@ -391,7 +444,7 @@ impl Worker {
                 }
             }
             ToWorker::Resize { width, height } => {
-                if self.may_resize() {
+                if self.may_resize() && width > 0 && height > 0 {
                     self.client.request_desktop_size(width, height);
                 }
             }

@@ -48,8 +48,10 @@ const SEC_VNC: u8 = 2;
 const SEC_VENCRYPT: u8 = 19;
 const VENCRYPT_PLAIN: u32 = 256;
 
-/// Longest failure reason, desktop name or layout we read.
+/// Longest failure reason or desktop name we read.
 const MAX_STRING: usize = 64 * 1024;
+/// Characters of such a string that we keep.
+const MAX_SHOWN: usize = 256;
 /// Largest cursor we accept from the server (larger ones are a protocol error).
 pub const MAX_CURSOR_READ: u32 = 1024;
 
@@ -94,15 +96,28 @@ pub struct CursorImage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// ServerInit arrived: the session is up.
-    Connected { width: u32, height: u32, name: String },
+    Connected {
+        width: u32,
+        height: u32,
+        name: String,
+    },
     /// These pixels were written into the surface.
     Drawn(Rect),
     /// CopyRect: the caller copies (`src_x`, `src_y`) to `dst` on the surface.
-    Copy { src_x: u32, src_y: u32, dst: Rect },
+    Copy {
+        src_x: u32,
+        src_y: u32,
+        dst: Rect,
+    },
     /// The framebuffer size changed; later rectangles use the new size.
-    Resized { width: u32, height: u32 },
+    Resized {
+        width: u32,
+        height: u32,
+    },
     /// The server refused our SetDesktopSize (ExtendedDesktopSize status code).
-    ResizeRefused { status: u16 },
+    ResizeRefused {
+        status: u16,
+    },
     Cursor(CursorImage),
     /// One FramebufferUpdate is complete: a frame boundary.
     UpdateEnd,
@@ -179,13 +194,21 @@ enum State {
     /// Waiting for the next server message.
     Ready,
     /// Inside a FramebufferUpdate: `remaining` rectangles to go (the next header is due).
-    Rects { remaining: u16 },
+    Rects {
+        remaining: u16,
+    },
     /// Streaming the rows of a Raw rectangle.
-    RawRows { rect: Rect, row: u32, remaining: u16 },
+    RawRows {
+        rect: Rect,
+        row: u32,
+        remaining: u16,
+    },
     /// The update's last rectangle is done; report the boundary.
     UpdateDone,
     /// Discarding the rest of an over-long cut text.
-    SkipCutText { left: u64 },
+    SkipCutText {
+        left: u64,
+    },
     Failed,
 }
 
@@ -510,18 +533,14 @@ impl Client {
                 self.state = if chosen == SEC_VNC as u32 { State::VncChallenge } else { State::SecurityResult };
                 Ok(Step::consumed(r.pos()))
             }
-            State::SecurityResult => {
-                match need!(r.u32()) {
-                    0 => {
-                        self.send_client_init();
-                        Ok(Step::consumed(r.pos()))
-                    }
-                    _ if self.version == Version::V3_8 => {
-                        Err(RfbError::AuthenticationFailed(need!(read_string(&mut r)?)))
-                    }
-                    _ => Err(RfbError::AuthenticationFailed("server rejected the credentials".into())),
+            State::SecurityResult => match need!(r.u32()) {
+                0 => {
+                    self.send_client_init();
+                    Ok(Step::consumed(r.pos()))
                 }
-            }
+                _ if self.version == Version::V3_8 => Err(RfbError::AuthenticationFailed(need!(read_string(&mut r)?))),
+                _ => Err(RfbError::AuthenticationFailed("server rejected the credentials".into())),
+            },
             State::ServerInit => {
                 let width = need!(r.u16()) as u32;
                 let height = need!(r.u16()) as u32;
@@ -673,6 +692,7 @@ impl Client {
         let h = need!(r.u16()) as u32;
         let encoding = need!(r.i32());
         let rect = Rect::new(x, y, w, h);
+        tracing::trace!(?rect, encoding, "RFB rectangle");
         match encoding {
             encoding::RAW => {
                 self.check_rect(rect)?;
@@ -714,7 +734,11 @@ impl Client {
             encoding::CURSOR => {
                 if w > MAX_CURSOR_READ || h > MAX_CURSOR_READ {
                     let len = rect.area() * 4;
-                    return Err(RfbError::TooLong { what: "cursor", len, limit: u64::from(MAX_CURSOR_READ.pow(2) * 4) });
+                    return Err(RfbError::TooLong {
+                        what: "cursor",
+                        len,
+                        limit: u64::from(MAX_CURSOR_READ.pow(2) * 4),
+                    });
                 }
                 let pixels = need!(r.bytes(rect.area() as usize * BPP));
                 let mask = need!(r.bytes(w.div_ceil(8) as usize * h as usize));
@@ -779,13 +803,17 @@ impl Client {
     }
 }
 
-/// Reads a u32-length-prefixed string (failure reasons, the desktop name), bounded.
+/// Reads a u32-length-prefixed string (failure reasons, the desktop name), bounded, and makes it safe to
+/// show: at most [`MAX_SHOWN`] characters, control characters (newlines that could forge log lines)
+/// replaced by spaces.
 fn read_string(r: &mut Reader<'_>) -> Result<Option<String>, RfbError> {
     let Some(len) = r.u32() else { return Ok(None) };
     if len as usize > MAX_STRING {
         return Err(RfbError::TooLong { what: "string", len: len.into(), limit: MAX_STRING as u64 });
     }
-    Ok(r.bytes(len as usize).map(|b| String::from_utf8_lossy(b).into_owned()))
+    Ok(r.bytes(len as usize).map(|b| {
+        String::from_utf8_lossy(b).chars().take(MAX_SHOWN).map(|c| if c.is_control() { ' ' } else { c }).collect()
+    }))
 }
 
 /// Parses "RFB xxx.yyy\n" (RFC 6143 §7.1.1) and picks the version we speak.

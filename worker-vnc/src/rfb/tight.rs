@@ -139,6 +139,10 @@ impl TightDecoder {
                 } else {
                     data
                 };
+                if rect.is_empty() {
+                    // Nothing to draw; the zlib stream above still consumed its share.
+                    return Ok(());
+                }
                 let w = rect.w as usize;
                 match filter {
                     Filter::Copy => {
@@ -164,11 +168,7 @@ impl TightDecoder {
                         for (y, src) in bytes.chunks_exact(row_len.max(1)).take(rect.h as usize).enumerate() {
                             let dst = surface.row(rect.x, rect.y + y as u32, rect.w)?;
                             for (x, d) in dst.chunks_exact_mut(BPP).enumerate() {
-                                let index = if palette.len() == 2 {
-                                    (src[x / 8] >> (7 - x % 8)) & 1
-                                } else {
-                                    src[x]
-                                };
+                                let index = if palette.len() == 2 { (src[x / 8] >> (7 - x % 8)) & 1 } else { src[x] };
                                 d.copy_from_slice(
                                     palette.get(index as usize).ok_or(invalid("palette index out of range"))?,
                                 );

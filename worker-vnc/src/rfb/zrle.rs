@@ -185,10 +185,10 @@ mod tests {
     fn hostile_tiles_are_errors() {
         let rect = Rect::new(0, 0, 4, 2);
         let hostile: &[&[u8]] = &[
-            &[128, 1, 2, 3, 255, 255],         // run longer than the tile
-            &[130, 1, 2, 3, 4, 5, 6, 0x05],    // palette index 5 of 2
-            &[50],                             // unused subencoding
-            &[0, 1, 2],                        // truncated raw tile
+            &[128, 1, 2, 3, 255, 255],           // run longer than the tile
+            &[130, 1, 2, 3, 4, 5, 6, 0x05],      // palette index 5 of 2
+            &[50],                               // unused subencoding
+            &[0, 1, 2],                          // truncated raw tile
             &[2, 1, 2, 3, 4, 5, 6, 0b1100_0000], // one row of bits missing
         ];
         for tile in hostile {

@@ -4,7 +4,6 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpStream;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,13 +17,196 @@ pub const CHANGING: (&str, u16, &str) = ("127.0.0.1", 5901, ":51");
 pub const TYPING: (&str, u16, &str) = ("127.0.0.1", 5903, ":53");
 
 /// Fails loudly when a test peer is missing: these tests never pass without a real server.
+///
+/// The check reads the kernel's socket table instead of connecting: Xtigervnc counts a connection that
+/// closes before authenticating as a security failure, and five of them blacklist 127.0.0.1 for everyone.
 pub fn require_peer((host, port, display): (&str, u16, &str)) {
-    if TcpStream::connect((host, port)).is_err() {
+    if !listening(port) {
         panic!(
             "VNC test peer {host}:{port} (display {display}) is not running: start the peers with \
              `scripts/peers.sh start` (from the repository root) before `cargo test -p worker-vnc`"
         );
     }
+}
+
+/// True when something listens on TCP `port` on 127.0.0.1 or any address (from /proc/net/tcp).
+pub fn listening(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    table.lines().skip(1).any(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let local = fields.get(1).copied().unwrap_or("");
+        let state = fields.get(3).copied().unwrap_or("");
+        let matches_port = local.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()) == Some(port);
+        let address_ok = local.starts_with("0100007F:") || local.starts_with("00000000:");
+        matches_port && address_ok && state == "0A"
+    })
+}
+
+/// A private Xtigervnc for tests that would disturb the shared peers (wrong passwords trip its
+/// blacklist; resizing changes the desktop for everyone). Killed by PID when dropped.
+pub struct PrivateXvnc {
+    child: Child,
+    pub display: String,
+    pub port: u16,
+    dir: std::path::PathBuf,
+}
+
+impl PrivateXvnc {
+    pub fn start(width: u32, height: u32) -> PrivateXvnc {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!("guacr-worker-vnc-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let passwd = dir.join("passwd");
+        if !passwd.exists() {
+            let mut child = Command::new("vncpasswd")
+                .arg("-f")
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("vncpasswd is missing ({e}): run `scripts/peers.sh install`"));
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+            let out = child.wait_with_output().unwrap();
+            std::fs::write(&passwd, out.stdout).unwrap();
+        }
+        for _ in 0..40 {
+            let n = 70 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 25;
+            let port = 5900 + n as u16;
+            if display_in_use(n) || listening(port) {
+                continue;
+            }
+            let child = Command::new("Xtigervnc")
+                .args([&format!(":{n}"), "-geometry", &format!("{width}x{height}"), "-depth", "24"])
+                .args(["-rfbport", &port.to_string(), "-interface", "127.0.0.1", "-SecurityTypes", "VncAuth"])
+                .args(["-PasswordFile", passwd.to_str().unwrap(), "-AlwaysShared", "-nolisten", "tcp"])
+                .args(["-BlacklistThreshold", "1000000", "-desktop", "guacr-private"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("Xtigervnc is missing ({e}): run `scripts/peers.sh install`"));
+            let mut server = PrivateXvnc { child, display: format!(":{n}"), port, dir: dir.clone() };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if listening(port) {
+                    return server;
+                }
+                if let Ok(Some(_)) = server.child.try_wait() {
+                    break; // lost a race for the display; try the next one
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start a private Xtigervnc");
+    }
+}
+
+impl PrivateXvnc {
+    /// An 80x24 xterm at the top left running bash (no window manager: focus follows the pointer).
+    pub fn spawn_xterm(&self) -> KillOnDrop {
+        let child = Command::new("xterm")
+            .args(["-display", &self.display, "-T", "guacr-private", "+bc", "-fa", "DejaVuSansMono", "-fs", "14"])
+            .args(["-bg", "black", "-fg", "white", "-geometry", "80x24+0+0", "-e", "bash", "--norc", "--noprofile"])
+            .env("PS1", "$ ")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("xterm is missing ({e}): run `scripts/peers.sh install`"));
+        let guard = KillOnDrop(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let tree = Command::new("xwininfo").args(["-display", &self.display, "-root", "-tree"]).output();
+            if tree.map(|o| String::from_utf8_lossy(&o.stdout).contains("guacr-private")).unwrap_or(false) {
+                // Give bash a moment to print its prompt.
+                std::thread::sleep(Duration::from_millis(500));
+                return guard;
+            }
+            assert!(Instant::now() < deadline, "xterm on {} never mapped", self.display);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A private x11vnc (no password) serving an existing X display, on a free port.
+pub struct PrivateX11vnc {
+    _child: KillOnDrop,
+    pub port: u16,
+}
+
+impl PrivateX11vnc {
+    pub fn start(display: &str) -> PrivateX11vnc {
+        for port in (5960u16..5990).map(|p| p + (std::process::id() % 7) as u16) {
+            if listening(port) {
+                continue;
+            }
+            let child = Command::new("x11vnc")
+                .args(["-display", display, "-rfbport", &port.to_string(), "-listen", "127.0.0.1", "-noipv6"])
+                .args(["-rfbportv6", "-1", "-nopw", "-forever", "-shared", "-noxdamage", "-quiet"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("x11vnc is missing ({e}): run `scripts/peers.sh install`"));
+            let mut guard = KillOnDrop(child);
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if listening(port) {
+                    return PrivateX11vnc { _child: guard, port };
+                }
+                if let Ok(Some(_)) = guard.0.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        panic!("could not start a private x11vnc on {display}");
+    }
+}
+
+/// A child process stopped by PID (TERM, then KILL) when dropped.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        terminate(&mut self.0);
+    }
+}
+
+impl Drop for PrivateXvnc {
+    fn drop(&mut self) {
+        // TERM lets the X server remove its lock file; KILL only if it does not go.
+        terminate(&mut self.child);
+        let _ = &self.dir;
+    }
+}
+
+/// True when display `n` has a lock file whose process is alive (a stale lock is free, as the X server
+/// itself decides).
+fn display_in_use(n: u32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/tmp/.X{n}-lock")) else { return false };
+    match text.trim().parse::<i32>() {
+        Ok(pid) => nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+        Err(_) => true,
+    }
+}
+
+/// SIGTERM, up to 3 s to exit, then SIGKILL; always reaped.
+fn terminate(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    if let Ok(None) = child.try_wait() {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+    }
+    let _ = child.wait();
 }
 
 pub fn params(pairs: &[(&str, &str)]) -> Params {
@@ -52,6 +234,8 @@ pub struct Worker {
     pub reader: FrameReader,
     pub screen: Screen,
     pub frames: u64,
+    /// `Copy` damage ops seen (CopyRect from the server).
+    pub copies: u64,
     /// Every message other than frame bookkeeping, in arrival order.
     pub messages: Vec<FromWorker>,
 }
@@ -59,11 +243,33 @@ pub struct Worker {
 impl Worker {
     /// Spawns the worker and sends `Start`.
     pub async fn start(params: Params, width: u32, height: u32) -> Worker {
+        let worker = Worker::start_without_start().await;
+        worker.send(ToWorker::Start { session_id: "$test".into(), params, width, height, dpi: 96 }).await;
+        worker
+    }
+
+    /// Takes the process and the control channel (to drop the channel while the process lives).
+    pub fn into_parts(mut self) -> (Child, ControlChannel) {
+        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("spawn true"));
+        let (ours, _) = ControlChannel::pair().expect("pair");
+        let control = std::mem::replace(&mut self.control, ControlChannel::new(ours).expect("channel"));
+        (child, control)
+    }
+
+    /// Spawns the worker without sending `Start`.
+    pub async fn start_without_start() -> Worker {
         let (reader, shm_fd) = SharedRegion::create(Geometry::DEFAULT).expect("shared region");
         let (ours, theirs) = ControlChannel::pair().expect("control pair");
         let mut command = Command::new(env!("CARGO_BIN_EXE_guacr-worker-vnc"));
         command
-            .args(["--session", "$test", "--parent", &std::process::id().to_string(), "--log", &std::env::var("GUACR_TEST_LOG").unwrap_or_else(|_| "debug".into())])
+            .args([
+                "--session",
+                "$test",
+                "--parent",
+                &std::process::id().to_string(),
+                "--log",
+                &std::env::var("GUACR_TEST_LOG").unwrap_or_else(|_| "debug".into()),
+            ])
             .env_clear()
             .stdin(Stdio::null())
             .fd_mappings(vec![
@@ -74,16 +280,15 @@ impl Worker {
         let child = command.spawn().expect("spawn guacr-worker-vnc");
         drop(command);
         let control = ControlChannel::new(ours).expect("control channel");
-        let worker = Worker {
+        Worker {
             child,
             control,
             reader,
             screen: Screen { width: 0, height: 0, pixels: Vec::new() },
             frames: 0,
+            copies: 0,
             messages: Vec::new(),
-        };
-        worker.send(ToWorker::Start { session_id: "$test".into(), params, width, height, dpi: 96 }).await;
-        worker
+        }
     }
 
     pub async fn send(&self, message: ToWorker) {
@@ -137,9 +342,14 @@ impl Worker {
         assert_eq!(frame.seq, seq);
         if frame.resized || self.screen.width != frame.width || self.screen.height != frame.height {
             assert!(frame.resized, "a size change must carry the resized flag");
-            self.screen = Screen { width: frame.width, height: frame.height, pixels: vec![0; (frame.width * frame.height * 4) as usize] };
+            self.screen = Screen {
+                width: frame.width,
+                height: frame.height,
+                pixels: vec![0; (frame.width * frame.height * 4) as usize],
+            };
         }
-        let ops: Vec<DamageOp> = if frame.overflow { vec![DamageOp::Dirty(frame.full_rect())] } else { frame.ops.clone() };
+        let ops: Vec<DamageOp> =
+            if frame.overflow { vec![DamageOp::Dirty(frame.full_rect())] } else { frame.ops.clone() };
         let row_bytes = self.screen.width as usize * 4;
         let mut rect_pixels = Vec::new();
         for op in ops {
@@ -153,6 +363,7 @@ impl Worker {
                     }
                 }
                 DamageOp::Copy { src_x, src_y, dst } => {
+                    self.copies += 1;
                     let w = dst.w as usize * 4;
                     let mut block = Vec::with_capacity(w * dst.h as usize);
                     for row in 0..dst.h as usize {
