@@ -13,6 +13,11 @@
 #             nothing on it changes by itself, for pixel comparison
 #   typing    Xtigervnc :53 on 127.0.0.1:5903; an 80x24 xterm at +0+0 running bash, for typing tests
 # All three use VNC password "guacpass".
+#   ssh       OpenSSH sshd with its own config and host keys on 127.0.0.1:2222 ($RUN/ssh); user guactest,
+#             password guacpass (password and keyboard-interactive), client keys in $RUN/ssh/keys:
+#             id_ed25519, id_ed25519_pass (passphrase "keypass"), id_rsa (PEM, 2048), id_ecdsa;
+#             the server's public keys in $RUN/ssh/known_hosts; port 2223 is the same sshd without the
+#             "password" method (keyboard-interactive only)
 #
 # Keyboard focus on :53: there is no window manager, so the X server's focus is PointerRoot and key
 # events go to the window under the pointer. The pointer starts at the screen centre (512,384), which
@@ -34,10 +39,16 @@ PASSWD_FILE=$RUN/vnc.passwd
 START_TIMEOUT_S=10
 
 PACKAGES=(xvfb xauth x11-utils x11-apps x11-xserver-utils xterm fonts-dejavu-core procps iproute2
-  x11vnc tigervnc-standalone-server tigervnc-tools)
+  x11vnc tigervnc-standalone-server tigervnc-tools openssh-server openssh-client)
 
 # Component names, in start order. Stop goes over all of them.
-COMPONENTS=(xvfb51 x11vnc51 xclock51 xterm51 xtigervnc52 xterm52 xtigervnc53 xterm53)
+COMPONENTS=(xvfb51 x11vnc51 xclock51 xterm51 xtigervnc52 xterm52 xtigervnc53 xterm53 sshd)
+
+SSH_PORT=2222
+SSH_KBDINT_PORT=2223
+SSH_USER=guactest
+SSH_PASSWORD=guacpass
+SSH_DIR=$RUN/ssh
 
 die() {
   echo "peers.sh: error: $*" >&2
@@ -240,12 +251,14 @@ start_changing() {
 }
 
 # start_tigervnc NAME DISPLAY PORT
+# Xvnc blacklists an address after 5 failed security handshakes (a bare TCP probe counts as one), which
+# would lock the tests out of their own servers; the wrong-password tests need the threshold raised.
 start_tigervnc() {
   local name=$1 disp=$2 port=$3
   refuse_foreign "$name" "$disp" "$port"
   spawn "$name" Xtigervnc Xtigervnc ":$disp" -geometry 1024x768 -depth 24 -rfbport "$port" \
     -interface 127.0.0.1 -SecurityTypes VncAuth -PasswordFile "$PASSWD_FILE" -AlwaysShared \
-    -nolisten tcp -desktop "guacr-test-$disp"
+    -nolisten tcp -desktop "guacr-test-$disp" -BlacklistThreshold 1000000 -BlacklistTimeout 0
 }
 
 start_static() {
@@ -284,6 +297,74 @@ start_typing() {
   wait_for "$deadline" xterm53 "typing xterm window" window_mapped 53 guacr-typing
 }
 
+# The test user, its keys and sshd's own config (never the system's /etc/ssh).
+ssh_setup() {
+  local k home
+  if ! id "$SSH_USER" >/dev/null 2>&1; then
+    [[ $(id -u) -eq 0 ]] || die "user $SSH_USER is missing; run scripts/peers.sh start as root once"
+    useradd -m -s /bin/bash "$SSH_USER"
+  fi
+  if [[ $(id -u) -eq 0 ]]; then
+    echo "$SSH_USER:$SSH_PASSWORD" | chpasswd
+  fi
+  mkdir -p "$SSH_DIR/keys" /run/sshd
+  chmod 700 "$SSH_DIR" "$SSH_DIR/keys"
+  for k in ed25519 ecdsa rsa; do
+    [[ -s "$SSH_DIR/host_$k" ]] || ssh-keygen -q -N '' -t "$k" -f "$SSH_DIR/host_$k" 9>&-
+  done
+  [[ -s "$SSH_DIR/keys/id_ed25519" ]] || ssh-keygen -q -N '' -t ed25519 -f "$SSH_DIR/keys/id_ed25519" 9>&-
+  [[ -s "$SSH_DIR/keys/id_ed25519_pass" ]] ||
+    ssh-keygen -q -N keypass -t ed25519 -f "$SSH_DIR/keys/id_ed25519_pass" 9>&-
+  [[ -s "$SSH_DIR/keys/id_rsa" ]] || ssh-keygen -q -N '' -t rsa -b 2048 -m PEM -f "$SSH_DIR/keys/id_rsa" 9>&-
+  [[ -s "$SSH_DIR/keys/id_ecdsa" ]] || ssh-keygen -q -N '' -t ecdsa -b 256 -f "$SSH_DIR/keys/id_ecdsa" 9>&-
+  for k in ed25519 ecdsa rsa; do
+    printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(<"$SSH_DIR/host_$k.pub")"
+  done >"$SSH_DIR/known_hosts"
+  # sshd reads authorized_keys as the user, so it lives in the test user's own home.
+  home=$(getent passwd "$SSH_USER" | cut -d: -f6)
+  if [[ $(id -u) -eq 0 ]]; then
+    install -d -m 700 -o "$SSH_USER" -g "$SSH_USER" "$home/.ssh"
+    cat "$SSH_DIR"/keys/*.pub >"$home/.ssh/authorized_keys"
+    chown "$SSH_USER:" "$home/.ssh/authorized_keys"
+    chmod 600 "$home/.ssh/authorized_keys"
+  fi
+  cat >"$SSH_DIR/sshd_config" <<SSHD_CONFIG
+Port $SSH_PORT
+Port $SSH_KBDINT_PORT
+ListenAddress 127.0.0.1
+HostKey $SSH_DIR/host_ed25519
+HostKey $SSH_DIR/host_ecdsa
+HostKey $SSH_DIR/host_rsa
+PidFile $SSH_DIR/sshd.pid
+PermitRootLogin no
+PubkeyAuthentication yes
+PasswordAuthentication yes
+KbdInteractiveAuthentication yes
+UsePAM yes
+X11Forwarding no
+PrintMotd no
+AcceptEnv LANG LC_* TZ
+MaxStartups 100:30:200
+MaxAuthTries 10
+Subsystem sftp /usr/lib/openssh/sftp-server
+LogLevel VERBOSE
+# The second port offers no "password" method: clients must use keyboard-interactive.
+Match LocalPort $SSH_KBDINT_PORT
+  PasswordAuthentication no
+SSHD_CONFIG
+  /usr/sbin/sshd -t -f "$SSH_DIR/sshd_config" 9>&- || die "sshd rejects $SSH_DIR/sshd_config"
+}
+
+start_ssh() {
+  local deadline=$(($(date +%s%N) + START_TIMEOUT_S * 1000000000))
+  if ! ours_pid sshd >/dev/null; then
+    port_listening "$SSH_PORT" && die "port $SSH_PORT is held by something we did not start (needed for sshd)"
+    ssh_setup
+    spawn sshd sshd /usr/sbin/sshd -D -f "$SSH_DIR/sshd_config" -E "$LOGS/sshd.log"
+  fi
+  wait_for "$deadline" sshd "port $SSH_PORT" port_listening "$SSH_PORT"
+}
+
 cmd_start() {
   local b
   for b in Xvfb x11vnc Xtigervnc xdpyinfo xwininfo xsetroot xclock xterm vncpasswd ss setsid; do
@@ -293,6 +374,8 @@ cmd_start() {
   start_changing
   start_static
   start_typing
+  [[ -x /usr/sbin/sshd ]] || die "/usr/sbin/sshd not found; run scripts/peers.sh install (as root)"
+  start_ssh
   note "all peers up (run dir $RUN)"
 }
 
@@ -394,6 +477,13 @@ cmd_status() {
   peer_status changing 51 5901 xvfb51 x11vnc51 xclock51 xterm51 || rc=1
   peer_status static 52 5902 xtigervnc52 xterm52 || rc=1
   peer_status typing 53 5903 xtigervnc53 xterm53 || rc=1
+  local sshd_pid
+  if sshd_pid=$(ours_pid sshd) && port_listening "$SSH_PORT"; then
+    printf '%-9s %-4s 127.0.0.1:%s  sshd=%s\n' ssh up "$SSH_PORT" "$sshd_pid"
+  else
+    printf '%-9s %-4s 127.0.0.1:%s\n' ssh down "$SSH_PORT"
+    rc=1
+  fi
   return $rc
 }
 
@@ -410,6 +500,11 @@ export GUACR_DISPLAY_STATIC=:52
 export GUACR_DISPLAY_TYPING=:53
 export GUACR_TYPING_POINTER_X=200
 export GUACR_TYPING_POINTER_Y=150
+export GUACR_SSH=127.0.0.1:$SSH_PORT
+export GUACR_SSH_KBDINT=127.0.0.1:$SSH_KBDINT_PORT
+export GUACR_SSH_USER=$SSH_USER
+export GUACR_SSH_PASSWORD=$SSH_PASSWORD
+export GUACR_SSH_DIR='$SSH_DIR'
 EOF
 }
 

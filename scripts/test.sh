@@ -13,13 +13,19 @@ log() { echo "test.sh: $*" >&2; }
 
 # System packages: the peers' plus nasm (SIMD for mozjpeg). As root this installs what is missing;
 # otherwise it fails loudly if anything is missing.
-scripts/peers.sh install nasm
+# chromium and xclip: the web client's browser tests (tests/tests/web.rs) and the X clipboard they check.
+scripts/peers.sh install nasm chromium xclip
+# The unprivileged user guacr's workers run as (the tests run guacr as root).
+scripts/setup.sh
 
 if ! command -v cargo >/dev/null 2>&1; then
   log "error: cargo not found; install a Rust toolchain (rustup, Rust >= 1.85) and put cargo on PATH"
   exit 1
 fi
 log "$(cargo --version)"
+
+# The web client's guacamole-common-js (npm), bundled into guacr by its build.
+scripts/web-deps.sh
 
 log "building all binaries"
 cargo build --workspace --bins

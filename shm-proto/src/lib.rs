@@ -4,6 +4,8 @@
 pub mod control;
 pub mod damage;
 pub mod layout;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod oracle;
 pub mod protocol;
 mod raw;
 pub mod region;
@@ -23,4 +25,10 @@ pub const WORKER_SHM_FD: i32 = 4;
 /// Fails if nothing is open at that number, so a worker started by hand fails cleanly.
 pub fn inherited_fd(fd: i32) -> Result<std::os::fd::OwnedFd, nix::Error> {
     raw::inherited_fd(fd)
+}
+
+/// Marks every descriptor above stderr close-on-exec, so nothing a process inherited from whoever started
+/// it (a shell's or a build tool's pipes) can reach a worker. The supervisor calls it first thing.
+pub fn close_on_exec_above_stdio() -> std::io::Result<()> {
+    raw::cloexec_from(3)
 }

@@ -137,3 +137,20 @@ pub(crate) fn register_async(fd: OwnedFd) -> std::io::Result<tokio::io::unix::As
     // JUSTIFICATION: tokio made `AsyncFd` registration `unsafe` because of I/O safety.
     unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
 }
+
+/// Marks every descriptor from `first` upwards close-on-exec (`close_range` with `CLOSE_RANGE_CLOEXEC`).
+pub(crate) fn cloexec_from(first: u32) -> std::io::Result<()> {
+    use nix::libc;
+    // SAFETY: close_range only changes descriptor flags; it reads no memory of ours and closes nothing
+    // (CLOSE_RANGE_CLOEXEC), so no Rust-owned descriptor is invalidated.
+    // JUSTIFICATION: nix has no wrapper for close_range, and walking /proc/self/fd would need raw
+    // descriptors turned into borrowed ones (unsafe too) for each entry.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -11,7 +11,10 @@ use clap::Parser;
     name = "guacr",
     version,
     about = "guacr: a guacd-compatible Guacamole proxy that runs each session in its own sandboxed worker process",
-    disable_version_flag = true
+    disable_version_flag = true,
+    // A flag given twice takes its last value: guacd.conf's settings (-c) are placed first, so the
+    // command line's own flags override them.
+    args_override_self = true
 )]
 pub struct Config {
     /// Address to listen on (guacd's -b).
@@ -32,6 +35,25 @@ pub struct Config {
     /// Print the version and exit (guacd's -v).
     #[arg(short = 'v', long = "version")]
     pub print_version: bool,
+    /// guacd.conf to read (guacd's -c): [server] bind_host/bind_port, [daemon] pid_file/log_level,
+    /// [ssl] server_certificate/server_key. Command-line flags override it.
+    #[arg(short = 'c', long = "guacd-conf", value_name = "FILE")]
+    pub guacd_conf: Option<PathBuf>,
+    /// TLS certificate chain (PEM) for the guacd-compatible TCP entry (guacd's -C); needs -K.
+    #[arg(short = 'C', long = "tls-cert", value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for the TCP entry (guacd's -K); needs -C.
+    #[arg(short = 'K', long = "tls-key", value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// guacr's configuration file (TOML): the HTTP entry, token key, users and named connections.
+    #[arg(long = "config", env = "GUACR_CONFIG", value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Where the web client, the WebSocket tunnel and /metrics are served (HOST:PORT, or "off").
+    /// Overrides `[http] bind` in the configuration file; the default is 127.0.0.1:8080.
+    #[arg(long, env = "GUACR_HTTP_BIND", value_name = "ADDR")]
+    pub http_bind: Option<String>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Directory holding the guacr-worker-* binaries (default: next to guacr).
     #[arg(long, env = "GUACR_WORKER_DIR")]
     pub worker_dir: Option<PathBuf>,
@@ -47,6 +69,27 @@ pub struct Config {
     /// Address-space limit of each worker, in MiB.
     #[arg(long, default_value_t = 1024)]
     pub worker_memory_mib: u64,
+    /// User the workers run as when guacr runs as root (created by scripts/setup.sh). Workers never run
+    /// as root.
+    #[arg(long, env = "GUACR_WORKER_USER", default_value = "guacr-worker")]
+    pub worker_user: String,
+    /// CPU share of each session's worker in percent of one core (cgroup v2 `cpu.max`, where available).
+    #[arg(long, default_value_t = 100)]
+    pub worker_cpu_percent: u32,
+    /// Most client connections open at once; more are answered 513 (server busy). 0: no limit.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Most client connections open at once from one address (0: no limit; guacamole-client connects
+    /// from a single address, so the default is off).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections_per_address: usize,
+}
+
+/// guacr's subcommands; without one, guacr serves.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print a signed connection token for the WebSocket entry (key from --config or GUACR_TOKEN_KEY).
+    Token(crate::http::TokenArgs),
 }
 
 impl Config {

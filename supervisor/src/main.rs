@@ -5,6 +5,12 @@
 mod client;
 mod config;
 mod display;
+mod http;
+mod jail;
+mod limits;
+mod guacd_conf;
+mod tls;
+mod metrics;
 mod protocols;
 mod session;
 mod worker;
@@ -19,7 +25,23 @@ use crate::config::Config;
 use crate::session::Shared;
 
 fn main() -> std::process::ExitCode {
-    let config = Config::parse();
+    // Descriptors inherited from whoever started us must never reach a worker.
+    if let Err(e) = shm_proto::close_on_exec_above_stdio() {
+        eprintln!("guacr: cannot mark inherited descriptors close-on-exec: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
+    // guacd's -c FILE: its settings become flags placed before the command line's own.
+    let args = match guacd_conf::expand_args(std::env::args_os().collect()) {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("guacr: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let config = Config::parse_from(args);
+    if let Some(config::Command::Token(args)) = &config.command {
+        return http::print_token(&config, args);
+    }
     if config.print_version {
         println!("guacr {}", env!("CARGO_PKG_VERSION"));
         return std::process::ExitCode::SUCCESS;
@@ -53,6 +75,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     let std_listener =
         std::net::TcpListener::bind(addr).map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     std_listener.set_nonblocking(true)?;
+    // The HTTP entry (web client, WebSocket tunnel, metrics): configuration checked and port bound now too.
+    let web = http::prepare(&config)?;
     let bound = std_listener.local_addr()?;
     if !config.foreground {
         // Like guacd without -f: detach from the terminal (keeping stderr for the log).
@@ -62,19 +86,50 @@ fn run(config: Config) -> anyhow::Result<()> {
         std::fs::write(pid_file, format!("{}\n", std::process::id()))
             .map_err(|e| anyhow::anyhow!("cannot write pid file {}: {e}", pid_file.display()))?;
     }
+    jail::init(
+        &config.worker_user,
+        jail::Limits {
+            memory_bytes: config.worker_memory_mib.saturating_mul(1024 * 1024),
+            cpu_percent: config.worker_cpu_percent,
+        },
+    )?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let shared = Arc::new(Shared { config, encoders: Arc::new(tokio::sync::Semaphore::new(threads)) });
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
+        _ => None,
+    };
+    let admission = limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_address);
+    let shared = Arc::new(Shared {
+        config,
+        encoders: Arc::new(tokio::sync::Semaphore::new(threads)),
+        metrics: metrics::Metrics::default(),
+    });
     runtime.block_on(async move {
         let listener = TcpListener::from_std(std_listener)?;
         info!(address = %bound, encoder_threads = threads, "Guacamole proxy daemon (guacr) listening");
+        http::start(web, shared.clone())?;
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        tokio::spawn(session::handle_connection(stream, peer, shared.clone()));
-                    }
+                    Ok((stream, peer)) => match admission.admit(peer.ip()) {
+                        Some(place) => {
+                            let shared = shared.clone();
+                            let tls = tls.clone();
+                            tokio::spawn(async move {
+                                match tls {
+                                    Some(acceptor) => tls::serve(acceptor, stream, peer, shared).await,
+                                    None => session::handle_connection(stream, peer, shared).await,
+                                }
+                                drop(place);
+                            });
+                        }
+                        None => {
+                            tracing::warn!(%peer, "Connection limit reached; answering 513");
+                            tokio::spawn(limits::refuse_busy(stream));
+                        }
+                    },
                     Err(e) => {
                         // EMFILE and friends: back off briefly instead of spinning.
                         error!(error = %e, "Accept failed");

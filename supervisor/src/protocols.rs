@@ -4,15 +4,22 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
     Vnc,
+    Ssh,
 }
 
 /// guacd 1.6's vnc parameters, one per line, in guacd's order.
 const VNC_ARGS: &str = include_str!("args/vnc.txt");
+/// guacd 1.6's ssh parameters, one per line, in guacd's order.
+const SSH_ARGS: &str = include_str!("args/ssh.txt");
 
 impl Protocol {
+    /// Every protocol guacr serves.
+    pub const ALL: [Protocol; 2] = [Protocol::Vnc, Protocol::Ssh];
+
     pub fn from_name(name: &str) -> Option<Protocol> {
         match name {
             "vnc" => Some(Protocol::Vnc),
+            "ssh" => Some(Protocol::Ssh),
             _ => None,
         }
     }
@@ -20,6 +27,7 @@ impl Protocol {
     pub fn name(self) -> &'static str {
         match self {
             Protocol::Vnc => "vnc",
+            Protocol::Ssh => "ssh",
         }
     }
 
@@ -27,6 +35,7 @@ impl Protocol {
     pub fn parameter_names(self) -> Vec<&'static str> {
         let list = match self {
             Protocol::Vnc => VNC_ARGS,
+            Protocol::Ssh => SSH_ARGS,
         };
         list.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
     }
@@ -35,6 +44,7 @@ impl Protocol {
     pub fn worker_binary(self) -> &'static str {
         match self {
             Protocol::Vnc => "guacr-worker-vnc",
+            Protocol::Ssh => "guacr-worker-ssh",
         }
     }
 }
@@ -49,5 +59,14 @@ mod tests {
         assert_eq!(names.len(), 53);
         assert_eq!(&names[..3], &["hostname", "port", "read-only"]);
         assert!(names.contains(&"clipboard-encoding") && names.contains(&"quality-level"));
+    }
+
+    #[test]
+    fn ssh_has_guacd_1_6_parameters() {
+        let names = Protocol::Ssh.parameter_names();
+        assert_eq!(names.len(), 45);
+        assert_eq!(&names[..3], &["hostname", "host-key", "port"]);
+        assert_eq!(Protocol::from_name("ssh"), Some(Protocol::Ssh));
+        assert_eq!(Protocol::Ssh.worker_binary(), "guacr-worker-ssh");
     }
 }

@@ -21,6 +21,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::client::{ClientError, ClientReader, ClientWriter};
 use crate::config::Config;
 use crate::display::{self, ClientDisplay, Cursor};
+use crate::metrics::{Metrics, WorkerExit};
 use crate::protocols::Protocol;
 use crate::worker::{self, SpawnOptions, Worker};
 
@@ -36,32 +37,57 @@ const MAX_LAG: Duration = Duration::from_millis(500);
 const CLIPBOARD_DEFAULT: usize = 256 * 1024;
 const CLIPBOARD_MAX: usize = 50 * 1024 * 1024;
 
+/// How long a closing connection keeps reading, so our last instruction is not lost to a reset.
+const LINGER: Duration = Duration::from_secs(2);
+
 /// State shared by all sessions.
 pub struct Shared {
     pub config: Config,
     /// The encoder pool's admission: at most this many frames encode at once, across all sessions.
     pub encoders: Arc<Semaphore>,
+    /// Counters for `/metrics`.
+    pub metrics: Metrics,
 }
 
 /// Serves one accepted connection until it ends. Never panics on client or worker input.
 pub async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let (read, write) = stream.into_split();
+    serve(Box::new(read), Box::new(write), peer, shared).await
+}
+
+/// [`handle_connection`] for any byte stream (TLS on the TCP entry).
+pub async fn handle_stream<S>(stream: S, peer: SocketAddr, shared: Arc<Shared>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (read, write) = tokio::io::split(stream);
+    serve(Box::new(read), Box::new(write), peer, shared).await
+}
+
+async fn serve(
+    read: crate::client::ClientRead,
+    write: crate::client::ClientWrite,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
     let connection_id = format!("${}", uuid::Uuid::new_v4());
     let span = tracing::info_span!("conn", id = %connection_id, %peer, protocol = tracing::field::Empty, worker_pid = tracing::field::Empty);
     async move {
-        let _ = stream.set_nodelay(true);
-        let (read, write) = stream.into_split();
-        let mut reader = ClientReader::new(Box::new(read));
-        let mut writer = ClientWriter::new(Box::new(write));
+        let mut reader = ClientReader::new(read).count_into(shared.metrics.bytes_received.clone());
+        let mut writer = ClientWriter::new(write).count_into(shared.metrics.bytes_sent.clone());
         let end = run(&mut reader, &mut writer, &connection_id, &shared).await;
         match end {
             Ok(()) => info!("Connection closed"),
             Err(SessionEnd { status: Some(status), message }) => {
                 warn!(status = status.code(), %message, "Connection ended with an error");
                 writer.fail(&message, status).await;
+                reader.linger(LINGER).await;
             }
             Err(SessionEnd { status: None, message }) => {
                 info!(%message, "Connection closed");
                 writer.close().await;
+                reader.linger(LINGER).await;
             }
         }
     }
@@ -71,16 +97,16 @@ pub async fn handle_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<
 
 /// Why a session ended: an `error` to send (status) or a plain close.
 #[derive(Debug)]
-struct SessionEnd {
-    status: Option<Status>,
-    message: String,
+pub(crate) struct SessionEnd {
+    pub(crate) status: Option<Status>,
+    pub(crate) message: String,
 }
 
 impl SessionEnd {
-    fn error(status: Status, message: impl Into<String>) -> SessionEnd {
+    pub(crate) fn error(status: Status, message: impl Into<String>) -> SessionEnd {
         SessionEnd { status: Some(status), message: message.into() }
     }
-    fn close(message: impl Into<String>) -> SessionEnd {
+    pub(crate) fn close(message: impl Into<String>) -> SessionEnd {
         SessionEnd { status: None, message: message.into() }
     }
 }
@@ -103,7 +129,7 @@ async fn run(
 
 /// Everything after `connect`: `ready`, the worker's `Start`, the session loop, and the worker's end.
 /// Entry points that do the handshake themselves (a tunnel) call this with their own request.
-async fn run_connected(
+pub(crate) async fn run_connected(
     reader: &mut ClientReader,
     writer: &mut ClientWriter,
     protocol: Protocol,
@@ -121,9 +147,11 @@ async fn run_connected(
         Ok(request) => request,
         Err(end) => {
             worker::kill(&mut worker.child).await;
+            shared.metrics.worker_exited(WorkerExit::ClientError);
             return Err(end);
         }
     };
+    let _active = shared.metrics.session_started(protocol.name());
     info!(protocol = protocol.name(), width = request.width, height = request.height, "Connection ready");
     let params = Params(request.params.clone());
     let start = ToWorker::Start {
@@ -137,26 +165,30 @@ async fn run_connected(
         worker::kill(&mut worker.child).await;
         return Err(SessionEnd::error(Status::ServerError, "Session worker did not start."));
     }
-    let Worker { mut child, control, frames, .. } = worker;
+    let Worker { mut child, control, frames, cgroup, .. } = worker;
     let mut session = Session::new(protocol, params, shared);
     let result = session.run(reader, writer, &mut child, &control, frames).await;
+    shared.metrics.worker_exited(exit_cause(&result));
     // Whatever happened, the worker goes: politely if it is still healthy, by SIGKILL otherwise.
     let healthy = result.is_ok() || result.as_ref().is_err_and(|e| e.status.is_none());
-    retire(child, control, healthy);
+    retire(child, control, healthy, cgroup);
     result
 }
 
 /// Ends a worker without making the client wait: `Shutdown`, then SIGKILL after a grace period.
-fn retire(mut child: Child, control: ControlChannel, polite: bool) {
+fn retire(mut child: Child, control: ControlChannel, polite: bool, cgroup: Option<crate::jail::SessionCgroup>) {
     tokio::spawn(
         async move {
             if polite
                 && control.send(&ToWorker::Shutdown).await.is_ok()
                 && tokio::time::timeout(Duration::from_secs(2), child.wait()).await.is_ok()
             {
+                drop(cgroup);
                 return;
             }
             worker::kill(&mut child).await;
+            // The worker is reaped: its cgroup is empty and can go.
+            drop(cgroup);
         }
         .in_current_span(),
     );
@@ -224,7 +256,7 @@ async fn handshake(
     }
 }
 
-fn spawn_worker(protocol: Protocol, connection_id: &str, shared: &Shared) -> Result<Worker, SessionEnd> {
+pub(crate) fn spawn_worker(protocol: Protocol, connection_id: &str, shared: &Shared) -> Result<Worker, SessionEnd> {
     let config = &shared.config;
     let geometry = Geometry::new(config.max_width, config.max_height, Geometry::DEFAULT.damage_capacity)
         .ok_or_else(|| SessionEnd::error(Status::ServerError, "Invalid surface limits configured."))?;
@@ -366,7 +398,7 @@ impl<'a> Session<'a> {
                 }
                 status = child.wait() => {
                     info!(status = ?status.ok(), "Worker exited");
-                    return Err(SessionEnd::error(Status::UpstreamError, "Session worker terminated unexpectedly."));
+                    return Err(SessionEnd::error(Status::UpstreamError, WORKER_CRASHED));
                 }
                 done = async { encoding.as_mut().expect("guarded by the branch condition").await }, if encoding.is_some() => {
                     encoding = None;
@@ -377,6 +409,7 @@ impl<'a> Session<'a> {
                     let timestamp = now_millis();
                     encode(&mut out, "sync").uint(timestamp).uint(1).finish();
                     writer.send(&out).await?;
+                    self.shared.metrics.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.unacked.push_back((timestamp, Instant::now()));
                     let seq = frame.seq;
                     frames_back.release(frame);
@@ -393,7 +426,7 @@ impl<'a> Session<'a> {
                     if now >= self.last_worker_message + worker_timeout {
                         warn!(timeout = ?worker_timeout, "Worker stopped answering; killing it");
                         worker::kill(child).await;
-                        return Err(SessionEnd::error(Status::UpstreamError, "Session worker stopped responding."));
+                        return Err(SessionEnd::error(Status::UpstreamError, WORKER_HUNG));
                     }
                     if now >= writer.last_output + KEEPALIVE {
                         let mut out = BytesMut::new();
@@ -416,6 +449,7 @@ impl<'a> Session<'a> {
 
     fn start_encode(&mut self, frames: FrameReader, frame: Frame) -> EncodeJob {
         let encoders = self.shared.encoders.clone();
+        let encode_seconds = self.shared.metrics.encode_seconds.clone();
         let mut display = self.display.take().unwrap_or_default();
         tokio::spawn(async move {
             // One permit per frame: the pool is shared by every session and bounded by the core count.
@@ -423,7 +457,9 @@ impl<'a> Session<'a> {
             tokio::task::spawn_blocking(move || {
                 let _permit = permit;
                 let mut out = BytesMut::new();
+                let started = std::time::Instant::now();
                 display::encode_frame(&frames, &frame, &mut display, &mut out);
+                encode_seconds.observe(started.elapsed());
                 (frames, frame, out, display)
             })
             .await
@@ -604,7 +640,28 @@ fn worker_status(code: u16) -> Status {
 }
 
 fn misbehaved() -> SessionEnd {
-    SessionEnd::error(Status::UpstreamError, "Session worker misbehaved and was stopped.")
+    SessionEnd::error(Status::UpstreamError, WORKER_MISBEHAVED)
+}
+
+const WORKER_CRASHED: &str = "Session worker terminated unexpectedly.";
+const WORKER_HUNG: &str = "Session worker stopped responding.";
+const WORKER_MISBEHAVED: &str = "Session worker misbehaved and was stopped.";
+
+/// Why the worker of a session that ended this way went away (for the metrics).
+fn exit_cause(result: &Result<(), SessionEnd>) -> WorkerExit {
+    let Err(SessionEnd { status: Some(status), message }) = result else {
+        return WorkerExit::SessionEnd;
+    };
+    match status {
+        Status::UpstreamError if message == WORKER_CRASHED => WorkerExit::Crashed,
+        Status::UpstreamError if message == WORKER_HUNG => WorkerExit::Hung,
+        Status::UpstreamError if message == WORKER_MISBEHAVED => WorkerExit::Breach,
+        Status::ClientBadRequest | Status::ClientTimeout | Status::ClientOverrun | Status::ClientBadType => {
+            WorkerExit::ClientError
+        }
+        Status::ServerError => WorkerExit::ServerError,
+        _ => WorkerExit::RemoteError,
+    }
 }
 
 /// The worker's control socket closed: it exited or crashed. Reap it and say so.
@@ -612,7 +669,7 @@ async fn worker_gone(child: &mut Child) -> SessionEnd {
     let status = tokio::time::timeout(Duration::from_millis(50), child.wait()).await;
     info!(status = ?status.ok().and_then(Result::ok), "Worker exited");
     worker::kill(child).await;
-    SessionEnd::error(Status::UpstreamError, "Session worker terminated unexpectedly.")
+    SessionEnd::error(Status::UpstreamError, WORKER_CRASHED)
 }
 
 fn now_millis() -> u64 {

@@ -29,6 +29,8 @@ pub struct Worker {
     pub pid: u32,
     pub control: ControlChannel,
     pub frames: FrameReader,
+    /// The session's cgroup, removed once the worker is gone.
+    pub cgroup: Option<crate::jail::SessionCgroup>,
 }
 
 pub struct SpawnOptions<'a> {
@@ -61,6 +63,10 @@ pub fn spawn(options: SpawnOptions<'_>) -> Result<Worker, SpawnError> {
         FdMapping { parent_fd: theirs, child_fd: shm_proto::WORKER_CONTROL_FD },
         FdMapping { parent_fd: memfd, child_fd: shm_proto::WORKER_SHM_FD },
     ];
+    if let Some(identity) = crate::jail::identity() {
+        // Exec'd straight into the unprivileged user (std also clears supplementary groups when root).
+        command.uid(identity.uid).gid(identity.gid);
+    }
     command.fd_mappings(mappings).map_err(|e| SpawnError::Descriptors(e.to_string()))?;
     let mut child =
         command.spawn().map_err(|source| SpawnError::Exec { path: options.binary.display().to_string(), source })?;
@@ -68,11 +74,13 @@ pub fn spawn(options: SpawnOptions<'_>) -> Result<Worker, SpawnError> {
     // supervisor keeps only its own ends (a dead worker then shows as EOF on the control socket).
     drop(command);
     let pid = child.id().unwrap_or(0);
+    // Before the worker gets its `Start`, so everything it does with the remote server is limited.
+    let cgroup = crate::jail::place(pid, options.session_id);
     if let Some(stderr) = child.stderr.take() {
         tokio::spawn(relay_logs(stderr).in_current_span());
     }
     let control = ControlChannel::new(ours).map_err(SpawnError::Socket)?;
-    Ok(Worker { child, pid, control, frames })
+    Ok(Worker { child, pid, control, frames, cgroup })
 }
 
 /// Re-emits the worker's log lines inside the session's span, at the level the worker gave them.

@@ -7,6 +7,9 @@
 //!   panics when one is missing, so a test never passes without its server.
 //! - [`x11_screenshot`]: the truth, straight from the X server behind a VNC server (`xwd`).
 //! - [`compare`]: pixel comparison with a per-channel tolerance.
+//! - [`browser::Browser`]: headless Chromium over the DevTools protocol, for the web client's tests.
+//! - [`web`]: a configuration with named connections to the peers, signed tokens, and a plain client of
+//!   guacr's `/websocket-tunnel`.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -26,12 +29,14 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod browser;
 pub mod client;
 pub mod display;
 pub mod image;
 pub mod keys;
 pub mod peers;
 pub mod process;
+pub mod web;
 pub mod xwd;
 
 pub use client::{ClientError, ClientState, GuacClient, HandshakeOptions, ServerError};

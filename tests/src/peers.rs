@@ -93,6 +93,86 @@ pub fn typing_pointer() -> (i32, i32) {
 pub const STATIC_ROOT_FG: [u8; 3] = [0xd0, 0x30, 0x20];
 pub const STATIC_ROOT_BG: [u8; 3] = [0x20, 0x40, 0xc0];
 
+/// The OpenSSH sshd on 127.0.0.1:2222 (`scripts/peers.sh start`), with its own config, host keys and
+/// the test user's client keys in `GUACR_SSH_DIR` (default `<repo>/run/ssh`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshPeer {
+    pub addr: SocketAddr,
+    pub username: String,
+    pub password: String,
+    /// `$RUN/ssh`: `keys/id_ed25519`, `keys/id_ed25519_pass` (passphrase [`SSH_KEY_PASSPHRASE`]),
+    /// `keys/id_rsa` (PEM), `keys/id_ecdsa`, and `known_hosts` (the server's keys).
+    pub dir: std::path::PathBuf,
+}
+
+/// Passphrase of `keys/id_ed25519_pass`.
+pub const SSH_KEY_PASSPHRASE: &str = "keypass";
+
+impl SshPeer {
+    pub fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// Panics (with how to fix it) unless sshd is listening. Returns `self`.
+    pub fn require_up(&self) -> &Self {
+        require_up_named(self.addr, "SSH peer (sshd)");
+        self
+    }
+
+    /// A client private key from `$RUN/ssh/keys`, e.g. "id_ed25519".
+    pub fn private_key(&self, name: &str) -> String {
+        let path = self.dir.join("keys").join(name);
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// The server's host keys as known_hosts lines.
+    pub fn known_hosts(&self) -> String {
+        let path = self.dir.join("known_hosts");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// hostname, port and username (no credentials).
+    pub fn ssh_params(&self) -> Vec<(String, String)> {
+        vec![
+            ("hostname".into(), self.host()),
+            ("port".into(), self.port().to_string()),
+            ("username".into(), self.username.clone()),
+        ]
+    }
+}
+
+/// `GUACR_SSH` (default 127.0.0.1:2222), `GUACR_SSH_USER`, `GUACR_SSH_PASSWORD`, `GUACR_SSH_DIR`.
+pub fn ssh() -> SshPeer {
+    let a = env_or("GUACR_SSH", "127.0.0.1:2222");
+    let addr = a.parse().unwrap_or_else(|e| panic!("GUACR_SSH={a:?} is not an address like 127.0.0.1:2222: {e}"));
+    let default_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../run/ssh");
+    let dir = match std::env::var_os("GUACR_SSH_DIR") {
+        Some(d) if !d.is_empty() => std::path::PathBuf::from(d),
+        _ => match std::env::var_os("GUACR_RUN") {
+            Some(r) if !r.is_empty() => std::path::PathBuf::from(r).join("ssh"),
+            _ => default_dir,
+        },
+    };
+    SshPeer {
+        addr,
+        username: env_or("GUACR_SSH_USER", "guactest"),
+        password: env_or("GUACR_SSH_PASSWORD", "guacpass"),
+        dir,
+    }
+}
+
+/// The same sshd on `GUACR_SSH_KBDINT` (default 127.0.0.1:2223), where it offers no "password" method:
+/// a password must go through keyboard-interactive.
+pub fn ssh_keyboard_interactive() -> SshPeer {
+    let a = env_or("GUACR_SSH_KBDINT", "127.0.0.1:2223");
+    let addr = a.parse().unwrap_or_else(|e| panic!("GUACR_SSH_KBDINT={a:?} is not an address: {e}"));
+    SshPeer { addr, ..ssh() }
+}
+
 /// Panics unless something accepts TCP connections on `addr`.
 pub fn require_up(addr: SocketAddr) {
     require_up_named(addr, "peer");

@@ -62,10 +62,7 @@ pub fn port_listening(port: u16) -> bool {
     let Ok(tcp) = std::fs::read_to_string("/proc/net/tcp") else {
         return false;
     };
-    let want = [
-        format!("0100007F:{port:04X}"),
-        format!("00000000:{port:04X}"),
-    ];
+    let want = [format!("0100007F:{port:04X}"), format!("00000000:{port:04X}")];
     tcp.lines().skip(1).any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
         f.len() > 3 && f[3] == "0A" && want.iter().any(|w| w == f[1])
@@ -80,6 +77,8 @@ pub struct GuacrBuilder {
     envs: Vec<(OsString, OsString)>,
     log_level: String,
     ready_timeout: Duration,
+    /// Serve the HTTP entry (web client, tunnel, metrics) on a free port; off otherwise.
+    http: bool,
 }
 
 impl Default for GuacrBuilder {
@@ -90,6 +89,7 @@ impl Default for GuacrBuilder {
             envs: Vec::new(),
             log_level: "debug".into(),
             ready_timeout: READY_TIMEOUT,
+            http: false,
         }
     }
 }
@@ -108,14 +108,12 @@ impl GuacrBuilder {
     }
 
     pub fn args<I: IntoIterator<Item = S>, S: AsRef<OsStr>>(mut self, args: I) -> Self {
-        self.args
-            .extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        self.args.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
         self
     }
 
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
-        self.envs
-            .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+        self.envs.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         self
     }
 
@@ -127,6 +125,13 @@ impl GuacrBuilder {
 
     pub fn ready_timeout(mut self, t: Duration) -> Self {
         self.ready_timeout = t;
+        self
+    }
+
+    /// Also serve the HTTP entry, on a free port of 127.0.0.1 ([`GuacrProcess::http_addr`]). Without
+    /// this, guacr runs with `--http-bind off`, so parallel tests never fight over guacr's default 8080.
+    pub fn http(mut self) -> Self {
+        self.http = true;
         self
     }
 
@@ -152,28 +157,24 @@ impl GuacrBuilder {
 
     fn start_once(&self) -> Result<GuacrProcess> {
         let port = free_port()?;
+        let http_port = if self.http { Some(free_port()?) } else { None };
         let dir = log_dir();
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let test = std::thread::current()
             .name()
             .unwrap_or("test")
             .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '-' {
-                    c
-                } else {
-                    '_'
-                }
-            })
+            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
             .collect::<String>();
         let log_path = dir.join(format!("guacr-{test}-{port}.log"));
-        let log =
-            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
+        let log = File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(["-f", "-b", "127.0.0.1", "-l"])
             .arg(port.to_string())
             .arg("-L")
             .arg(&self.log_level)
+            .arg("--http-bind")
+            .arg(http_port.map_or_else(|| "off".to_string(), |p| format!("127.0.0.1:{p}")))
             .args(&self.args)
             .env("RUST_BACKTRACE", "1")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
@@ -182,18 +183,17 @@ impl GuacrBuilder {
             .stderr(log);
         // Own process group, so leftover workers can be killed with the group.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawning {}", self.bin.display()))?;
+        let child = cmd.spawn().with_context(|| format!("spawning {}", self.bin.display()))?;
         let mut p = GuacrProcess {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            http_addr: http_port.map(|p| SocketAddr::from(([127, 0, 0, 1], p))),
             log_path,
             exit: None,
         };
         let deadline = Instant::now() + self.ready_timeout;
         loop {
-            if port_listening(port) {
+            if port_listening(port) && http_port.is_none_or(port_listening) {
                 return Ok(p);
             }
             if let Some(status) = p.try_exit_status() {
@@ -224,6 +224,7 @@ impl GuacrBuilder {
 pub struct GuacrProcess {
     child: Child,
     addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     log_path: PathBuf,
     exit: Option<ExitStatus>,
 }
@@ -249,6 +250,11 @@ impl GuacrProcess {
         self.addr
     }
 
+    /// Where the HTTP entry listens (started with [`GuacrBuilder::http`]).
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -260,9 +266,7 @@ impl GuacrProcess {
 
     /// The whole log so far.
     pub fn log_contents(&self) -> String {
-        std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        std::fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// The last `n` lines of the log.
@@ -303,8 +307,7 @@ impl GuacrProcess {
 
     /// Sends a signal to the supervisor.
     pub fn signal(&self, sig: Signal) -> Result<()> {
-        kill(Pid::from_raw(self.pid() as i32), sig)
-            .with_context(|| format!("kill -{sig} {}", self.pid()))
+        kill(Pid::from_raw(self.pid() as i32), sig).with_context(|| format!("kill -{sig} {}", self.pid()))
     }
 
     /// The exit status if it has exited (reaps it).
@@ -336,11 +339,8 @@ impl GuacrProcess {
             return Some(s);
         }
         let pid = self.pid();
-        let workers: Vec<(u32, String)> = self
-            .worker_pids()
-            .into_iter()
-            .filter_map(|w| proc_starttime(w).map(|t| (w, t)))
-            .collect();
+        let workers: Vec<(u32, String)> =
+            self.worker_pids().into_iter().filter_map(|w| proc_starttime(w).map(|t| (w, t))).collect();
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         let deadline = Instant::now() + STOP_GRACE;
         // Wait without reaping, so the process group ID stays reserved while we clean up.
@@ -359,9 +359,10 @@ impl GuacrProcess {
         self.exit = self.child.wait().ok();
         // SIGKILL is delivered asynchronously: give the workers a moment to be gone.
         let deadline = Instant::now() + Duration::from_secs(2);
-        while workers.iter().any(|(w, start)| {
-            !is_zombie_or_gone(*w) && proc_starttime(*w).as_deref() == Some(start.as_str())
-        }) && Instant::now() < deadline
+        while workers
+            .iter()
+            .any(|(w, start)| !is_zombie_or_gone(*w) && proc_starttime(*w).as_deref() == Some(start.as_str()))
+            && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -386,18 +387,14 @@ fn proc_starttime(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let close = stat.rfind(')')?;
     // Fields after "comm)" start at field 3; starttime is field 22.
-    stat[close + 1..]
-        .split_whitespace()
-        .nth(19)
-        .map(str::to_owned)
+    stat[close + 1..].split_whitespace().nth(19).map(str::to_owned)
 }
 
 fn is_zombie_or_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rfind(')')
-            .and_then(|c| stat[c + 1..].split_whitespace().next())
-            .is_none_or(|s| s == "Z" || s == "X"),
+        Ok(stat) => {
+            stat.rfind(')').and_then(|c| stat[c + 1..].split_whitespace().next()).is_none_or(|s| s == "Z" || s == "X")
+        }
         Err(_) => true,
     }
 }
@@ -442,8 +439,7 @@ mod tests {
             ),
         )
         .unwrap();
-        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
         let p = GuacrProcess::builder().bin(&script).start().unwrap();
         assert!(port_listening(p.addr().port()));
@@ -457,15 +453,9 @@ mod tests {
         assert!(is_zombie_or_gone(pid));
         assert!(is_zombie_or_gone(workers[0]));
 
-        let e = GuacrProcess::builder()
-            .bin("/bin/false")
-            .start()
-            .unwrap_err();
+        let e = GuacrProcess::builder().bin("/bin/false").start().unwrap_err();
         assert!(e.to_string().contains("before listening"), "{e}");
-        let e = GuacrProcess::builder()
-            .bin(dir.join("missing"))
-            .start()
-            .unwrap_err();
+        let e = GuacrProcess::builder().bin(dir.join("missing")).start().unwrap_err();
         assert!(e.to_string().contains("not found"), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
     }

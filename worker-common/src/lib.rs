@@ -2,6 +2,9 @@
 
 use std::time::Duration;
 
+pub mod sandbox;
+pub use sandbox::{resolve, sandbox, LandlockLevel, Policy, SandboxError, Sandboxed};
+
 use nix::sys::resource::{setrlimit, Resource};
 use shm_proto::{ControlChannel, FrameWriter, FromWorker, ShmError, ToWorker};
 
@@ -25,6 +28,8 @@ pub enum WorkerError {
     Orphaned { expected: i32 },
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] SandboxError),
 }
 
 /// Command-line of a worker, as the supervisor writes it.

@@ -35,6 +35,8 @@ async fn attack() {
         return;
     };
     let mode = params.get("hostname").unwrap_or("").to_string();
+    // Attacks happen from inside the sandbox, as a compromised real worker's would.
+    worker_common::sandbox(&worker_common::Policy::default()).expect("sandbox");
     tracing::warn!(%mode, "Hostile test worker attacking");
     // A valid, connected session first, so the attack hits a running session.
     session.frames.resize(width.min(640), height.min(480)).unwrap();

@@ -1,0 +1,321 @@
+//! guacr end to end against the real OpenSSH sshd (started by `scripts/peers.sh start` on 127.0.0.1:2222
+//! with its own config): a Guacamole client selects `ssh` with guacd's parameter names and checks what a
+//! user would see in the composited image.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use guacr_tests::peers::{self, SshPeer};
+use guacr_tests::{artifact_dir, GuacClient, GuacrProcess, RgbImage};
+use worker_ssh::font::Font;
+use worker_ssh::palette::GUACD_PALETTE;
+
+const WIDTH: u32 = 1024;
+const HEIGHT: u32 = 768;
+/// guacd's default colours ("gray-black").
+const FG: [u8; 3] = GUACD_PALETTE[7];
+const BG: [u8; 3] = GUACD_PALETTE[0];
+const RED: [u8; 3] = GUACD_PALETTE[1];
+const GREEN: [u8; 3] = GUACD_PALETTE[2];
+const CONTROL_L: u32 = 0xffe3;
+
+fn guacr() -> GuacrProcess {
+    GuacrProcess::start().expect("starting guacr")
+}
+
+fn peer() -> SshPeer {
+    let peer = peers::ssh();
+    peer.require_up();
+    peer
+}
+
+/// The cell size the worker uses for guacd's default font size at the test client's 96 dpi.
+fn cell() -> (u32, u32) {
+    let font = Font::new(12, 96).unwrap();
+    (font.cell_width, font.cell_height)
+}
+
+async fn open(guacr: &GuacrProcess, peer: &SshPeer, extra: &[(&str, &str)]) -> GuacClient {
+    open_sized(guacr, peer, extra, WIDTH, HEIGHT).await
+}
+
+async fn open_sized(guacr: &GuacrProcess, peer: &SshPeer, extra: &[(&str, &str)], w: u32, h: u32) -> GuacClient {
+    let mut client = GuacClient::connect(guacr.addr()).await.expect("connecting to guacr");
+    let mut params = peer.ssh_params();
+    params.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    client.handshake("ssh", &params, w, h).await.expect("handshake");
+    client
+}
+
+/// Waits until the shell's prompt is on screen: the first row holds foreground-ish pixels.
+async fn wait_prompt(client: &GuacClient, guacr: &GuacrProcess) {
+    let (_, ch) = cell();
+    let result = client
+        .wait_until_named("shell prompt", Duration::from_secs(20), move |s| {
+            if s.display.size() != (WIDTH, HEIGHT) || s.frames == 0 {
+                return false;
+            }
+            let shot = s.display.screenshot();
+            (0..ch).any(|y| (0..400).any(|x| shot.pixel(x, y) != BG))
+        })
+        .await;
+    if let Err(e) = result {
+        client.save_png(artifact_dir().join("ssh-no-prompt.png")).ok();
+        panic!("{e}; error: {:?}; guacr log:\n{}", client.last_error(), guacr.log_tail(40));
+    }
+    // Let the prompt settle (bash draws it in pieces).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+/// Pixels of `color` inside the rectangle.
+fn count_in(shot: &RgbImage, x: u32, y: u32, w: u32, h: u32, color: [u8; 3]) -> usize {
+    let mut n = 0;
+    for yy in y..(y + h).min(shot.height) {
+        for xx in x..(x + w).min(shot.width) {
+            if shot.pixel(xx, yy) == color {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Waits until cells `col0..col0+cols` of screen row `row` are entirely `color`.
+async fn wait_block(client: &GuacClient, what: &str, row: u32, col0: u32, cols: u32, color: [u8; 3], timeout: Duration) {
+    let (cw, ch) = cell();
+    let result = client
+        .wait_until_named(what, timeout, move |s| {
+            let shot = s.display.screenshot();
+            count_in(&shot, col0 * cw, row * ch, cols * cw, ch, color) == (cols * cw * ch) as usize
+        })
+        .await;
+    if let Err(e) = result {
+        let name = format!("ssh-{}.png", what.replace(' ', "-"));
+        client.save_png(artifact_dir().join(&name)).ok();
+        panic!("{e}; screenshot in {}", artifact_dir().join(name).display());
+    }
+}
+
+/// Types a command that clears the screen and prints a 10-cell block with background `sgr` at row 0.
+async fn print_block(client: &GuacClient, sgr: u32) {
+    client.type_text(&format!("clear; printf '\\033[{sgr}m          \\033[0m\\n'\n")).await.unwrap();
+}
+
+async fn ctrl(client: &GuacClient, key: char) {
+    client.send_key(CONTROL_L, true).await.unwrap();
+    client.send_key(key as u32, true).await.unwrap();
+    client.send_key(key as u32, false).await.unwrap();
+    client.send_key(CONTROL_L, false).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_speaks_guacd_1_6_ssh() {
+    let guacr = guacr();
+    let client = open(&guacr, &peer(), &[("password", "guacpass")]).await;
+    let names = client.arg_names().expect("args received");
+    let expected: Vec<String> = include_str!("../../supervisor/src/args/ssh.txt").lines().map(str::to_string).collect();
+    assert_eq!(names.len(), 45);
+    assert_eq!(names, expected, "args must list guacd 1.6's ssh parameter names in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_login_renders_typed_command_output() {
+    let guacr = guacr();
+    let peer = peer();
+    let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
+    wait_prompt(&client, &guacr).await;
+
+    // Colours: a red block (SGR 41: guacd's palette red) at the expected cells.
+    print_block(&client, 41).await;
+    wait_block(&client, "red block", 0, 0, 10, RED, Duration::from_secs(10)).await;
+    // ... and nothing red beyond it.
+    let (cw, ch) = cell();
+    let shot = client.screenshot();
+    assert_eq!(count_in(&shot, 10 * cw, 0, WIDTH - 10 * cw, ch, RED), 0);
+
+    // Text: exactly what our own font renders for the same string, at the top left cell.
+    let marker = "GUACR-ssh-0123";
+    client.type_text(&format!("clear; echo {marker}\n")).await.unwrap();
+    let mut font = Font::new(12, 96).unwrap();
+    let (w, h, rgb) = font.render_line(marker, FG, BG);
+    let expected = RgbImage::from_raw(w, h, rgb).unwrap();
+    let result = client
+        .wait_until_named("rendered text", Duration::from_secs(10), move |s| {
+            s.display.screenshot().crop(0, 0, w, h) == expected
+        })
+        .await;
+    if let Err(e) = result {
+        client.save_png(artifact_dir().join("ssh-text.png")).ok();
+        panic!("{e}");
+    }
+
+    // Select the marker with the mouse: it arrives as the client's clipboard.
+    let y = (ch / 2) as i32;
+    client.send_mouse(2, y, 1).await.unwrap();
+    client.send_mouse((cw * 7) as i32, y, 1).await.unwrap();
+    client.send_mouse((cw * (marker.len() as u32 - 1) + 2) as i32, y, 1).await.unwrap();
+    client.send_mouse((cw * (marker.len() as u32 - 1) + 2) as i32, y, 0).await.unwrap();
+    client
+        .wait_until_named("clipboard from selection", Duration::from_secs(5), move |s| {
+            s.finished_streams.iter().any(|st| st.kind == "clipboard" && st.data == marker.as_bytes())
+        })
+        .await
+        .expect("selected text copied to the client's clipboard");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clipboard_paste_runs_in_the_shell() {
+    let guacr = guacr();
+    let peer = peer();
+    let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
+    wait_prompt(&client, &guacr).await;
+    // bash enables bracketed paste: pasted text is edited, not run, until Return.
+    let text = "clear; printf '\\033[42m          \\033[0m\\n'";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+    client.send("clipboard", &["1", "text/plain"]).await.unwrap();
+    client.send("blob", &["1", &b64]).await.unwrap();
+    client.send("end", &["1"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // guacd's gesture: Ctrl+Shift+V pastes.
+    client.send_key(0xffe1, true).await.unwrap();
+    ctrl(&client, 'V').await;
+    client.send_key(0xffe1, false).await.unwrap();
+    client.type_text("\n").await.unwrap();
+    wait_block(&client, "pasted command output", 0, 0, 10, GREEN, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyboard_interactive_login() {
+    let guacr = guacr();
+    let peer = peers::ssh_keyboard_interactive();
+    peer.require_up();
+    let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
+    wait_prompt(&client, &guacr).await;
+    print_block(&client, 41).await;
+    wait_block(&client, "keyboard-interactive session works", 0, 0, 10, RED, Duration::from_secs(10)).await;
+    // A wrong password through keyboard-interactive is refused the same way.
+    let client = open(&guacr, &peer, &[("password", "definitely-wrong")]).await;
+    client.wait_closed(Duration::from_secs(20)).await.expect("session ends");
+    assert_eq!(client.last_error().map(|e| e.status), Some(769));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_password_is_769() {
+    let guacr = guacr();
+    let peer = peer();
+    let client = open(&guacr, &peer, &[("password", "definitely-wrong")]).await;
+    client.wait_closed(Duration::from_secs(20)).await.expect("session ends");
+    let error = client.last_error().expect("an error instruction");
+    assert_eq!(error.status, 769, "{error:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_server_is_519() {
+    let guacr = guacr();
+    // Port 1 (tcpmux): privileged, so no other test's listener can take it meanwhile.
+    assert!(!guacr_tests::process::port_listening(1), "something listens on 127.0.0.1:1");
+    let port = "1".to_string();
+    let peer = peer();
+    let mut client = GuacClient::connect(guacr.addr()).await.unwrap();
+    let params = [("hostname", "127.0.0.1"), ("port", port.as_str()), ("username", "x"), ("password", "y")];
+    client.handshake("ssh", &params, WIDTH, HEIGHT).await.expect("handshake");
+    drop(peer);
+    client.wait_closed(Duration::from_secs(20)).await.expect("session ends");
+    assert_eq!(client.last_error().map(|e| e.status), Some(519));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_keys_log_in() {
+    let guacr = guacr();
+    let peer = peer();
+    let cases = [
+        ("id_ed25519", None),
+        ("id_ed25519_pass", Some(peers::SSH_KEY_PASSPHRASE)),
+        ("id_rsa", None), // PEM RSA: OpenSSH 9 accepts only SHA-2 signatures
+        ("id_ecdsa", None),
+    ];
+    for (name, passphrase) in cases {
+        let key = peer.private_key(name);
+        let mut extra = vec![("private-key", key.as_str())];
+        if let Some(p) = passphrase {
+            extra.push(("passphrase", p));
+        }
+        let client = open(&guacr, &peer, &extra).await;
+        wait_prompt(&client, &guacr).await;
+        print_block(&client, 41).await;
+        wait_block(&client, &format!("{name} session works"), 0, 0, 10, RED, Duration::from_secs(10)).await;
+        assert!(client.last_error().is_none(), "{name}: {:?}", client.last_error());
+        client.disconnect().await.ok();
+    }
+    // A passphrase-protected key without its passphrase does not log in.
+    let key = peer.private_key("id_ed25519_pass");
+    let client = open(&guacr, &peer, &[("private-key", key.as_str())]).await;
+    client.wait_closed(Duration::from_secs(20)).await.expect("session ends");
+    assert_eq!(client.last_error().map(|e| e.status), Some(769));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_key_is_verified() {
+    let guacr = guacr();
+    let peer = peer();
+    // The right keys (known_hosts lines): login works.
+    let known = peer.known_hosts();
+    let client = open(&guacr, &peer, &[("password", &peer.password), ("host-key", &known)]).await;
+    wait_prompt(&client, &guacr).await;
+    client.disconnect().await.ok();
+    // A different key: an error and no login.
+    let wrong = std::fs::read_to_string(peer.dir.join("keys/id_ed25519.pub")).unwrap();
+    let client = open(&guacr, &peer, &[("password", &peer.password), ("host-key", &wrong)]).await;
+    client.wait_closed(Duration::from_secs(20)).await.expect("session ends");
+    let error = client.last_error().expect("an error instruction");
+    assert_eq!(error.status, 515, "{error:?}");
+    assert_eq!(client.frames(), 0, "no terminal may be shown after a host-key mismatch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_follows_client_resize() {
+    let guacr = guacr();
+    let peer = peer();
+    let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
+    wait_prompt(&client, &guacr).await;
+    let (cw, ch) = cell();
+    let (w, h) = (640, 480);
+    client.send_size(w, h).await.unwrap();
+    client
+        .wait_until_named("display resized", Duration::from_secs(10), move |s| s.display.size() == (w, h))
+        .await
+        .expect("resize");
+    // A red bar as wide as the terminal says it is (`stty size` answers from the pty size).
+    client
+        .type_text("clear; printf '\\033[41m%*s\\033[0m\\n' $(stty size | cut -d' ' -f2) ''\n")
+        .await
+        .unwrap();
+    let cols = w / cw;
+    wait_block(&client, "bar as wide as the resized terminal", 0, 0, cols, RED, Duration::from_secs(10)).await;
+    let shot = client.screenshot();
+    assert_eq!(count_in(&shot, cols * cw, 0, w - cols * cw, ch, RED), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flood_stays_responsive_and_ctrl_c_stops_it() {
+    let guacr = guacr();
+    let peer = peer();
+    let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
+    wait_prompt(&client, &guacr).await;
+    let bytes_before = client.state().bytes_received;
+    client.type_text("seq 1 100000000\n").await.unwrap();
+    // Frames keep coming while output floods.
+    let frames = client.frames();
+    client.wait_frames(frames + 20, Duration::from_secs(20)).await.expect("frames during the flood");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = Instant::now();
+    ctrl(&client, 'c').await;
+    print_block(&client, 41).await;
+    wait_block(&client, "command after ctrl-c", 0, 0, 10, RED, Duration::from_secs(30)).await;
+    let recovered = started.elapsed();
+    let state = client.state();
+    let sent = state.bytes_received - bytes_before;
+    eprintln!("flood: ctrl-c to next command output {recovered:?}; {} frames, {sent} bytes to the client", state.frames);
+    // The client gets coalesced frames, not every line: far below the flood's own size.
+    assert!(sent < 200 << 20, "{sent} bytes sent to the client");
+}

@@ -1,0 +1,469 @@
+//! The HTTP entry end to end: guacr serves its web page, Debian's headless Chromium runs it with the real
+//! guacamole-common-js, and sessions reach the real VNC peers through `/websocket-tunnel`. The refusal
+//! tests speak WebSocket and HTTP directly, as an attacker would.
+//!
+//! Needs the peers (`scripts/peers.sh start`), Chromium and xclip (`scripts/peers.sh install chromium
+//! xclip`) and a guacr built after `scripts/web-deps.sh` fetched guacamole-common-js; `scripts/test.sh`
+//! does all three. Anything missing fails the test.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use guacr_tests::browser::Browser;
+use guacr_tests::peers::{self, VncPeer};
+use guacr_tests::web::{self, sign_token, unix_now, Tunnel, ACCESS_KEY, LIMITED_KEY, TOKEN_KEY};
+use guacr_tests::{artifact_dir, compare, x11_screenshot, GuacrProcess, RgbImage};
+use serde_json::json;
+
+/// One browser at a time: each Chromium takes several hundred MB and a core while it starts.
+static BROWSER: Mutex<()> = Mutex::new(());
+
+const VIEWPORT: (u32, u32) = (1280, 1000);
+
+struct Setup {
+    guacr: GuacrProcess,
+    http: SocketAddr,
+    _dir: TempDir,
+}
+
+/// guacr with the HTTP entry on a free port and a configuration naming the three peers.
+fn setup() -> Setup {
+    let all = [peers::changing(), peers::static_screen(), peers::typing()];
+    for peer in &all {
+        peer.require_up();
+    }
+    let dir = TempDir::new("web");
+    let config = web::write_config(&dir.0, &all).expect("writing the configuration");
+    let guacr = GuacrProcess::builder().http().arg("--config").arg(&config).start().expect("starting guacr");
+    let http = guacr.http_addr().expect("HTTP entry");
+    let (status, body) = http_get(http, "/vendor/guacamole-common.js", None);
+    assert_eq!(
+        status,
+        200,
+        "guacamole-common-js is not bundled in this guacr; run scripts/web-deps.sh and rebuild: {}",
+        body.chars().take(200).collect::<String>()
+    );
+    Setup { guacr, http, _dir: dir }
+}
+
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
+        let path = std::env::temp_dir().join(format!("guacr-{name}-{}-{nanos}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A minimal HTTP/1.1 GET: (status, body).
+fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).expect("connecting to the HTTP entry");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = bearer.map(|k| format!("Authorization: Bearer {k}\r\n")).unwrap_or_default();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+fn token_for(peer: &VncPeer, expiry: u64) -> String {
+    sign_token(
+        TOKEN_KEY,
+        &json!({
+            "protocol": "vnc",
+            "parameters": {"hostname": peer.host(), "port": peer.port().to_string(), "password": peer.password,
+                           "disable-display-resize": "true"},
+            "expiry": expiry,
+        }),
+    )
+}
+
+/// Opens the page on a named connection and waits until the remote desktop's first frame is drawn.
+fn open_page(browser: &mut Browser, setup: &Setup, connection: &str) {
+    let url = format!("http://{}/#key={ACCESS_KEY}&connection={connection}", setup.http);
+    browser.open(&url, VIEWPORT.0, VIEWPORT.1).expect("opening the page");
+    wait_connected(browser, setup);
+}
+
+fn wait_connected(browser: &mut Browser, setup: &Setup) {
+    let connected = browser.wait_for(
+        "the session to be connected with a 1024x768 display",
+        "window.guacr && guacr.state === 3 && guacr.displaySize[0] === 1024 && guacr.displaySize[1] === 768",
+        Duration::from_secs(20),
+    );
+    if let Err(e) = connected {
+        panic!("{e:#}\nguacr log:\n{}", setup.guacr.log_tail(40));
+    }
+}
+
+/// The remote display's rectangle in the viewport: (left, top, scale).
+fn display_origin(browser: &mut Browser) -> (f64, f64, f64) {
+    let v = browser
+        .eval("(() => { const r = guacr.client.getDisplay().getElement().getBoundingClientRect(); return [r.left, r.top, guacr.scale]; })()")
+        .expect("display rectangle");
+    (v[0].as_f64().unwrap(), v[1].as_f64().unwrap(), v[2].as_f64().unwrap())
+}
+
+/// Waits until the part of the screenshot where the display is matches the X server's own screen.
+fn wait_page_matches_x_server(browser: &mut Browser, display: &str, name: &str) -> RgbImage {
+    let (left, top, scale) = display_origin(browser);
+    assert_eq!(scale, 1.0, "a 1024x768 desktop fits the {VIEWPORT:?} viewport unscaled");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shot = browser.screenshot().expect("screenshot");
+        let ours = shot.crop(left as u32, top as u32, 1024, 768);
+        let truth = x11_screenshot(display).expect("xwd screenshot");
+        let diff = compare(&ours, &truth, 8);
+        if diff.fraction < 0.001 {
+            return shot;
+        }
+        if Instant::now() > deadline {
+            shot.save_png(artifact_dir().join(format!("web-{name}-page.png"))).unwrap();
+            truth.save_png(artifact_dir().join(format!("web-{name}-xserver.png"))).unwrap();
+            panic!(
+                "the page's display differs from the X server's screen: {diff}; images in {}; console:\n{}",
+                artifact_dir().display(),
+                browser.console()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn page_shows_the_remote_desktop_through_the_websocket_tunnel() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = setup();
+    let mut browser = Browser::start().expect("starting chromium");
+    open_page(&mut browser, &setup, "static");
+    let peer = peers::static_screen();
+    let shot = wait_page_matches_x_server(&mut browser, &peer.display, "static");
+    // The plaid is really there, in the page's pixels.
+    let fg = shot.count_color(peers::STATIC_ROOT_FG, 8);
+    let bg = shot.count_color(peers::STATIC_ROOT_BG, 8);
+    assert!(fg > 10_000 && bg > 10_000, "plaid pixels in the screenshot: {fg} #d03020, {bg} #2040c0");
+    // The page says so in words too.
+    let state = browser.eval("document.getElementById('state').textContent").unwrap();
+    assert_eq!(state, "Connected");
+
+    // The session is counted.
+    let (status, metrics) = http_get(setup.http, "/metrics", None);
+    assert_eq!(status, 200);
+    assert!(metrics.contains("guacr_sessions_active{protocol=\"vnc\"} 1\n"), "{metrics}");
+    let frames: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("guacr_frames_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("guacr_frames_total");
+    assert!(frames >= 1, "{metrics}");
+    assert!(metrics.contains("guacr_encode_seconds_count "), "{metrics}");
+    shot.save_png(artifact_dir().join("web-static-page.png")).unwrap();
+
+    // Disconnect, then the reconnect button opens the same connection again.
+    browser.eval("document.getElementById('disconnect').click()").unwrap();
+    assert_eq!(browser.eval("document.getElementById('overlay-text').textContent").unwrap(), "You disconnected.");
+    browser.eval("document.getElementById('reconnect').click()").unwrap();
+    wait_connected(&mut browser, &setup);
+    wait_page_matches_x_server(&mut browser, &peer.display, "static-reconnected");
+    let (_, metrics) = http_get(setup.http, "/metrics", None);
+    assert!(metrics.contains("guacr_sessions_total{protocol=\"vnc\"} 2\n"), "{metrics}");
+}
+
+#[test]
+fn keys_typed_in_the_page_reach_the_xterm() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = setup();
+    let peer = peers::typing();
+    let mut browser = Browser::start().expect("starting chromium");
+    open_page(&mut browser, &setup, "typing");
+    let (left, top, _) = display_origin(&mut browser);
+    // No window manager on :53: keyboard focus follows the pointer, so point into the xterm first.
+    let (x, y) = peers::typing_pointer();
+    browser.mouse_move(left + x as f64, top + y as f64).unwrap();
+    browser.mouse_move(left + x as f64 + 1.0, top + y as f64).unwrap();
+    browser
+        .wait_for(
+            "keyboard focus on the display",
+            "document.activeElement.id === 'display-area'",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let colour = [0x20 + (nanos % 180) as u8, 0x60 + (nanos / 11 % 120) as u8, 0xa0];
+    let hex = format!("#{:02x}{:02x}{:02x}", colour[0], colour[1], colour[2]);
+    browser.type_text(&format!("xsetroot -solid '{hex}'\n"), Duration::from_millis(15)).unwrap();
+
+    // The X server ran it ...
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let truth = x11_screenshot(&peer.display).expect("xwd screenshot");
+        if truth.pixel(1000, 740).iter().zip(colour).all(|(a, b)| a.abs_diff(b) <= 4) {
+            break;
+        }
+        if Instant::now() > deadline {
+            truth.save_png(artifact_dir().join("web-typing-xserver.png")).unwrap();
+            panic!(
+                "the typed command did not run (root is {:?}, want {hex}); console:\n{}",
+                truth.pixel(1000, 740),
+                browser.console()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // ... and the page shows the new colour, and exactly what the X server shows.
+    let shot = wait_page_matches_x_server(&mut browser, &peer.display, "typing");
+    let pixel = shot.pixel((left + 1000.0) as u32, (top + 740.0) as u32);
+    assert!(pixel.iter().zip(colour).all(|(a, b)| a.abs_diff(b) <= 4), "page pixel {pixel:?}, want {hex}");
+}
+
+/// `xclip` on the peer's X display: the X server's own clipboard, the truth for the clipboard test.
+fn xclip(display: &str) -> std::process::Command {
+    let mut command = std::process::Command::new("xclip");
+    command.args(["-selection", "clipboard", "-display", display]);
+    command
+}
+
+#[test]
+fn clipboard_panel_round_trips_text() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = setup();
+    let peer = peers::static_screen();
+    let mut browser = Browser::start().expect("starting chromium");
+    open_page(&mut browser, &setup, "static");
+    browser.eval("document.getElementById('toggle-clipboard').click()").unwrap();
+    assert_eq!(browser.eval("document.getElementById('clipboard-panel').hidden").unwrap(), false);
+
+    // Page → remote: typed into the panel (an `input` event, as typing or pasting gives), then the X
+    // server's clipboard holds it (the VNC server owns the selection while our session lasts).
+    let outgoing = format!("from the page {}", std::process::id());
+    browser
+        .eval(&format!(
+            "(() => {{ const t = document.getElementById('clipboard-text'); t.value = {}; \
+             t.dispatchEvent(new Event('input')); }})()",
+            json!(outgoing)
+        ))
+        .unwrap();
+    browser
+        .wait_for(
+            "the panel to send",
+            "document.getElementById('clipboard-status').textContent === 'Sent to the remote desktop.'",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = xclip(&peer.display).arg("-o").output().expect("running xclip (scripts/peers.sh install xclip)");
+        if out.status.success() && out.stdout == outgoing.as_bytes() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the X clipboard on {} holds {:?} ({}), not the page's text",
+            peer.display,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Remote → page: an X application copies; the panel shows it.
+    let incoming = format!("from the remote side {}", std::process::id());
+    let mut owner = xclip(&peer.display)
+        .args(["-i", "-quiet"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("running xclip");
+    owner.stdin.take().unwrap().write_all(incoming.as_bytes()).unwrap();
+    let shown = browser.wait_for(
+        "the remote clipboard in the panel",
+        &format!("document.getElementById('clipboard-text').value === {}", json!(incoming)),
+        Duration::from_secs(10),
+    );
+    let _ = owner.kill();
+    let _ = owner.wait();
+    shown.unwrap();
+    let note = browser.eval("document.getElementById('clipboard-status').textContent").unwrap();
+    assert_eq!(note, "Received from the remote desktop.");
+}
+
+#[test]
+fn page_explains_a_refused_link_in_plain_words() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let setup = setup();
+    let mut browser = Browser::start().expect("starting chromium");
+    let expired = token_for(&peers::static_screen(), unix_now() - 60);
+    browser.open(&format!("http://{}/#token={expired}", setup.http), VIEWPORT.0, VIEWPORT.1).unwrap();
+    browser
+        .wait_for("the error to be shown", "window.guacr && guacr.error && guacr.error.code", Duration::from_secs(15))
+        .unwrap();
+    assert_eq!(browser.eval("guacr.error.code").unwrap(), 769);
+    assert_eq!(browser.eval("document.getElementById('overlay').hidden").unwrap(), false);
+    let text = browser.eval("document.getElementById('overlay-text').textContent").unwrap();
+    assert!(text.as_str().unwrap().starts_with("Not authorised"), "{text}");
+    assert!(setup.guacr.worker_pids().is_empty());
+    assert!(!setup.guacr.log_contents().contains("Worker started"));
+}
+
+/// A refused tunnel: closed with `status` as the reason, no instruction sent, nothing spawned.
+fn assert_refused(setup: &Setup, query: &str, status: u16) {
+    let mut tunnel = Tunnel::open(setup.http, query).expect("WebSocket upgrade");
+    let transcript = tunnel.read_to_close(Duration::from_secs(10)).expect("closed by the server");
+    assert_eq!(transcript.close_status(), Some(status), "{query}: {transcript:?}");
+    assert!(transcript.frames.is_empty(), "nothing before the refusal: {transcript:?}");
+    assert!(setup.guacr.worker_pids().is_empty(), "no worker for a refused tunnel");
+    assert!(!setup.guacr.log_contents().contains("Worker started"), "{}", setup.guacr.log_tail(20));
+}
+
+#[test]
+fn expired_token_is_refused_before_anything_starts() {
+    let setup = setup();
+    let token = token_for(&peers::static_screen(), unix_now() - 1);
+    assert_refused(&setup, &format!("token={token}"), 769);
+}
+
+#[test]
+fn tampered_token_is_refused_before_anything_starts() {
+    let setup = setup();
+    let peer = peers::static_screen();
+    let genuine = token_for(&peer, unix_now() + 300);
+    let (_, mac) = genuine.split_once('.').unwrap();
+    // Same signature, payload changed to another desktop.
+    let forged_body = token_for(&peers::typing(), unix_now() + 300).split_once('.').unwrap().0.to_string();
+    assert_refused(&setup, &format!("token={forged_body}.{mac}"), 769);
+    // Signed with a key guacr does not have.
+    let wrong_key = sign_token(
+        "somebody-elses-key-0123456789abcdef",
+        &json!({"protocol": "vnc", "parameters": {"hostname": "127.0.0.1", "port": "5902"}, "expiry": unix_now() + 300}),
+    );
+    assert_refused(&setup, &format!("token={wrong_key}"), 769);
+    assert_refused(&setup, "token=garbage", 769);
+    assert_refused(&setup, "", 769);
+}
+
+#[test]
+fn the_query_cannot_change_the_target() {
+    let setup = setup();
+    let token = token_for(&peers::static_screen(), unix_now() + 300);
+    for extra in ["hostname=127.0.0.1&port=5903", "port=5903", "password=x", "read-only=true", "protocol=ssh"] {
+        assert_refused(&setup, &format!("token={token}&{extra}"), 771);
+    }
+    assert_refused(&setup, &format!("connection=static&key={ACCESS_KEY}&port=5903"), 771);
+    // A user may open only the connections the configuration gives them.
+    assert_refused(&setup, &format!("connection=typing&key={LIMITED_KEY}"), 771);
+    assert_refused(&setup, "connection=static&key=not-the-key-0123456789", 769);
+    let (_, metrics) = http_get(setup.http, "/metrics", None);
+    assert!(metrics.contains("guacr_tunnel_refusals_total{status=\"771\"} 7\n"), "{metrics}");
+}
+
+#[test]
+fn tunnel_follows_the_java_tunnel_conventions() {
+    let setup = setup();
+    let peer = peers::static_screen();
+    let token = token_for(&peer, unix_now() + 300);
+    let mut tunnel = Tunnel::open(setup.http, &format!("token={}&width=1024&height=768", web::query_escape(&token)))
+        .expect("WebSocket upgrade");
+    let mut transcript = web::TunnelTranscript::default();
+    let first = tunnel.next_frame(Duration::from_secs(10), &mut transcript).unwrap().expect("a first frame");
+    // `0.,36.<uuid>;`: the internal opcode with the tunnel's UUID, alone.
+    let uuid = first.strip_prefix("0.,36.").and_then(|r| r.strip_suffix(';')).unwrap_or_else(|| panic!("{first:?}"));
+    assert_eq!(uuid.len(), 36);
+    assert_eq!(uuid.matches('-').count(), 4, "{uuid}");
+    // Echoed pings.
+    let ping = "0.,4.ping,13.1767225600123;";
+    tunnel.send(ping).unwrap();
+    let mut synced = false;
+    let mut pong = false;
+    let mut ready = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(synced && pong) {
+        assert!(Instant::now() < deadline, "no ping echo and frame: {transcript:?}");
+        let frame = tunnel.next_frame(Duration::from_secs(10), &mut transcript).unwrap().expect("open");
+        // Whole instructions in every frame: it decodes completely.
+        let mut decoder = guac_proto::Decoder::new();
+        decoder.feed(frame.as_bytes());
+        let mut consumed = 0;
+        while let Some(instruction) = decoder.decode().unwrap_or_else(|e| panic!("bad frame {frame:?}: {e}")) {
+            consumed += instruction.as_bytes().len();
+            match instruction.opcode() {
+                "" => {
+                    assert_eq!(instruction.as_bytes().as_ref(), ping.as_bytes());
+                    pong = true;
+                }
+                "ready" => {
+                    assert!(instruction.arg(0).is_some_and(|id| id.starts_with('$') && id.len() == 37));
+                    ready = true;
+                }
+                "sync" => {
+                    assert!(ready, "ready comes before the first frame");
+                    synced = true;
+                    let timestamp = instruction.arg(0).unwrap().to_string();
+                    tunnel.send(&format!("4.sync,{}.{timestamp};", timestamp.len())).unwrap();
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(consumed, frame.len(), "frame holds only whole instructions: {frame:?}");
+    }
+    // A client's `disconnect` ends the session: the socket closes with status 0.
+    tunnel.send("10.disconnect;").unwrap();
+    let rest = tunnel.read_to_close(Duration::from_secs(10)).unwrap();
+    assert_eq!(rest.close_status(), Some(0), "{:?}", rest.close);
+}
+
+#[test]
+fn connection_list_health_and_metrics() {
+    let setup = setup();
+    let (status, body) = http_get(setup.http, "/healthz", None);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+    let (status, _) = http_get(setup.http, "/api/connections", None);
+    assert_eq!(status, 401);
+    let (status, _) = http_get(setup.http, "/api/connections", Some("wrong-key-0123456789"));
+    assert_eq!(status, 401);
+    let (status, body) = http_get(setup.http, "/api/connections", Some(LIMITED_KEY));
+    assert_eq!(status, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["user"], "limited");
+    let names: Vec<&str> =
+        list["connections"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["static"]);
+    assert!(!body.contains("guacpass"), "parameters never leave guacr: {body}");
+    let (_, body) = http_get(setup.http, "/api/connections", Some(ACCESS_KEY));
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(list["connections"].as_array().unwrap().len(), 3);
+    let (status, metrics) = http_get(setup.http, "/metrics", None);
+    assert_eq!(status, 200);
+    for family in [
+        "# TYPE guacr_sessions_active gauge",
+        "# TYPE guacr_frames_total counter",
+        "# TYPE guacr_client_sent_bytes_total counter",
+        "# TYPE guacr_encode_seconds histogram",
+        "guacr_encode_seconds_bucket{le=\"+Inf\"} 0",
+        "guacr_worker_exits_total{cause=\"crashed\"} 0",
+    ] {
+        assert!(metrics.contains(family), "{family} missing from:\n{metrics}");
+    }
+    let (status, page) = http_get(setup.http, "/", None);
+    assert_eq!(status, 200);
+    assert!(page.contains("<script type=\"module\" src=\"app.js\">"), "{page}");
+    let (status, licence) = http_get(setup.http, "/vendor/guacamole-common-js/LICENSE", None);
+    assert_eq!(status, 200);
+    assert!(licence.contains("Apache License"), "the licence ships with the library");
+}

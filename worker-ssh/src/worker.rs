@@ -1,0 +1,606 @@
+//! The worker's driver.
+//!
+//! 1. Wait for `Start`, report unsupported parameters, size the surface and the terminal to the client.
+//! 2. Resolve, connect, authenticate and start the shell, answering heartbeats meanwhile.
+//! 3. One `select!` over the SSH channel, the control socket, the frame timer and the heartbeat. Output only
+//!    feeds the emulator; frames are rendered lazily: at once when the session was idle, otherwise at most
+//!    every [`FRAME_INTERVAL`], and never while the supervisor still holds the previous frame (then damage
+//!    accumulates: a flood costs parsing, not frames). `select!` polls its branches in random order, so
+//!    control messages (Ctrl-C) keep flowing while output floods. Keystrokes go to the server through a
+//!    writer task, so a server that stops reading never blocks this loop.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use russh::ChannelMsg;
+use shm_proto::control::CLIPBOARD_CHUNK;
+use shm_proto::{ControlError, FromWorker, ToWorker};
+use tokio::sync::mpsc;
+use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
+use tracing::{debug, info, warn};
+use vt100::{MouseProtocolEncoding, MouseProtocolMode};
+use worker_common::{WorkerArgs, WorkerSession, EXIT_REPORTED, HEARTBEAT_INTERVAL};
+
+use crate::font::Font;
+use crate::keys::{KeyAction, KeyState};
+use crate::settings::Settings;
+use crate::ssh::{self, status, Failure};
+use crate::term::{Selection, Terminal};
+
+/// Least time between two frames while output flows.
+pub const FRAME_INTERVAL: Duration = Duration::from_millis(15);
+/// Least time between two frames during a flood (more than [`FLOOD_BYTES`] of output per frame): the
+/// screen is replaced wholesale every frame then, so fewer frames save the client bytes, not content.
+pub const FLOOD_FRAME_INTERVAL: Duration = Duration::from_millis(40);
+/// Output per frame above which the session counts as flooding.
+const FLOOD_BYTES: usize = 16 * 1024;
+/// Size used when the client gave none.
+const DEFAULT_SIZE: (u32, u32) = (1024, 768);
+/// Keystroke messages queued for a server that does not read; more input is dropped.
+const INPUT_QUEUE: usize = 1024;
+/// Rows one wheel step scrolls.
+const WHEEL_ROWS: i32 = 3;
+
+const BUTTON_LEFT: u32 = 1;
+const BUTTON_MIDDLE: u32 = 2;
+const BUTTON_RIGHT: u32 = 4;
+const WHEEL_UP: u32 = 8;
+const WHEEL_DOWN: u32 = 16;
+
+/// How the session loop ended.
+enum End {
+    Exit(i32),
+}
+
+/// What the writer task sends to the server.
+enum Out {
+    Data(Vec<u8>),
+    WindowChange { cols: u32, rows: u32, width: u32, height: u32 },
+}
+
+/// Runs one session; returns the process exit code.
+pub async fn run(_args: &WorkerArgs) -> i32 {
+    let mut session = match WorkerSession::attach() {
+        Ok(session) => session,
+        Err(error) => {
+            tracing::error!(%error, "Cannot attach to the supervisor");
+            return 1;
+        }
+    };
+    let (params, width, height, dpi) = match session.wait_for_start().await {
+        Ok(Some(ToWorker::Start { params, width, height, dpi, .. })) => (params, width, height, dpi),
+        Ok(_) => return 0,
+        Err(error) => {
+            tracing::error!(%error, "Control channel failed before start");
+            return 1;
+        }
+    };
+    let (settings, notes) = match Settings::from_params(&params) {
+        Ok(parsed) => parsed,
+        Err(e) => {
+            session.fail(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to SSH server: {e}")).await;
+            return EXIT_REPORTED;
+        }
+    };
+    for warning in &notes.warnings {
+        warn!("{warning}");
+    }
+    for parameter in notes.unsupported {
+        if session.control.send(&FromWorker::Unsupported { parameter: parameter.into() }).await.is_err() {
+            return 1;
+        }
+    }
+    let font = match Font::new(settings.font_size, dpi) {
+        Ok(font) => font,
+        Err(e) => {
+            session.fail(status::UPSTREAM_ERROR, e.to_string()).await;
+            return EXIT_REPORTED;
+        }
+    };
+    let (width, height) = clamp_size(&session, width, height);
+    let terminal = Terminal::new(font, settings.color_scheme.clone(), settings.scrollback, width, height);
+
+    let connected = {
+        let connect = async {
+            let addrs = resolve(&settings.hostname, settings.port).await?;
+            let (cols, rows) = terminal.grid_size();
+            ssh::connect(&settings, &addrs, cols, rows, terminal.pixel_size()).await
+        };
+        tokio::pin!(connect);
+        let mut heartbeat = heartbeat_timer();
+        let mut resized = None;
+        let result = loop {
+            tokio::select! {
+                result = &mut connect => break result,
+                message = session.control.recv::<ToWorker>() => match message {
+                    Ok(Some(ToWorker::Heartbeat)) => {
+                        if session.control.send(&FromWorker::Heartbeat).await.is_err() {
+                            return 1;
+                        }
+                    }
+                    Ok(Some(ToWorker::Resize { width, height })) if width > 0 && height > 0 => {
+                        resized = Some((width, height));
+                    }
+                    Ok(Some(ToWorker::Shutdown) | None) => return 0,
+                    Ok(Some(_)) => {} // input before the shell runs is dropped
+                    Err(error) if supervisor_gone(&error) => return 0,
+                    Err(error) => {
+                        tracing::error!(%error, "Control channel failed");
+                        return 1;
+                    }
+                },
+                _ = heartbeat.tick() => {
+                    if session.control.send(&FromWorker::Heartbeat).await.is_err() {
+                        return 1;
+                    }
+                }
+            }
+        };
+        result.map(|connection| (connection, resized))
+    };
+    let (connection, resized) = match connected {
+        Ok(connected) => connected,
+        Err(failure) => {
+            session.fail(failure.status, failure.message).await;
+            return EXIT_REPORTED;
+        }
+    };
+    info!(host = %settings.hostname, port = settings.port, width, height, "SSH session started");
+    if let Err(e) = session.frames.resize(width, height) {
+        session.fail(status::UPSTREAM_ERROR, format!("Surface: {e}")).await;
+        return EXIT_REPORTED;
+    }
+    let name = settings.hostname.clone();
+    if session.control.send(&FromWorker::Connected { width, height, name }).await.is_err() {
+        return 1;
+    }
+    let (reader, writer) = connection.channel.split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Out>(INPUT_QUEUE);
+    let writer_task = tokio::spawn(async move {
+        while let Some(out) = out_rx.recv().await {
+            let result = match out {
+                Out::Data(bytes) => writer.data_bytes(bytes).await,
+                Out::WindowChange { cols, rows, width, height } => {
+                    writer.window_change(cols, rows, width, height).await
+                }
+            };
+            if result.is_err() {
+                break;
+            }
+        }
+    });
+    let keys = KeyState { backspace: settings.backspace, ..KeyState::default() };
+    let mut worker = Worker {
+        session,
+        settings,
+        terminal,
+        out: out_tx,
+        keys,
+        dirty: true,
+        awaiting_consume: false,
+        output_since_frame: 0,
+        last_frame: Instant::now() - FRAME_INTERVAL,
+        buttons: 0,
+        press_cell: None,
+        paste_buffer: Vec::new(),
+        clipboard: String::new(),
+        dropped_input: false,
+    };
+    if let Some((w, h)) = resized {
+        worker.resize(w, h).await;
+    }
+    let end = worker.serve(reader).await;
+    writer_task.abort();
+    drop(connection.handle);
+    let End::Exit(code) = end;
+    code
+}
+
+/// The client's size, within the surface's capacity; guacd's 1024×768 when the client sent none.
+fn clamp_size(session: &WorkerSession, width: u32, height: u32) -> (u32, u32) {
+    let g = session.frames.geometry();
+    let (w, h) = if width > 0 && height > 0 { (width, height) } else { DEFAULT_SIZE };
+    (w.clamp(1, g.max_width), h.clamp(1, g.max_height))
+}
+
+/// A seqpacket peer that closed with our messages unread reports ECONNRESET instead of end of file.
+fn supervisor_gone(error: &ControlError) -> bool {
+    matches!(error, ControlError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+fn heartbeat_timer() -> tokio::time::Interval {
+    let mut heartbeat = interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    heartbeat
+}
+
+/// Resolves the host name on a short-lived thread that is joined afterwards (the process is
+/// single-threaded again before the sandbox goes up).
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = host.to_string();
+    let lookup = std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Iterator::collect::<Vec<_>>));
+        })
+        .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("cannot start the resolver: {e}")))?;
+    let result = rx.await;
+    let _ = lookup.join();
+    let unreachable = |detail: String| {
+        Failure::new(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to SSH server {host}:{port}: {detail}"))
+    };
+    match result {
+        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
+        Ok(Ok(_)) => Err(unreachable("the name has no address".into())),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable("the resolver failed".into())),
+    }
+}
+
+struct Worker {
+    session: WorkerSession,
+    settings: Settings,
+    terminal: Terminal,
+    out: mpsc::Sender<Out>,
+    keys: KeyState,
+    /// The emulator changed since the last render.
+    dirty: bool,
+    /// A frame is published and the supervisor has not released it yet.
+    awaiting_consume: bool,
+    /// Output bytes parsed since the last render.
+    output_since_frame: usize,
+    last_frame: Instant,
+    /// Mouse buttons held (Guacamole mask).
+    buttons: u32,
+    /// Where the left button went down (selection anchor).
+    press_cell: Option<(u16, u16)>,
+    /// Clipboard chunks from the client until the last one.
+    paste_buffer: Vec<u8>,
+    /// The client's clipboard, pasted on middle/right click or Ctrl+Shift+V (as guacd).
+    clipboard: String,
+    dropped_input: bool,
+}
+
+impl Worker {
+    async fn serve(&mut self, mut reader: russh::ChannelReadHalf) -> End {
+        let mut heartbeat = heartbeat_timer();
+        let mut exit_status = None;
+        loop {
+            if let Err(end) = self.maybe_render().await {
+                return end;
+            }
+            let deadline = (self.dirty && !self.awaiting_consume).then_some(self.last_frame + self.frame_interval());
+            tokio::select! {
+                message = reader.wait() => match message {
+                    Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        self.terminal.process(&data);
+                        self.output_since_frame += data.len();
+                        self.dirty = true;
+                    }
+                    Some(ChannelMsg::ExitStatus { exit_status: code }) => exit_status = Some(code),
+                    Some(ChannelMsg::Eof | ChannelMsg::Close) | None => {
+                        let message = match exit_status {
+                            Some(code) => format!("SSH session ended (exit status {code})"),
+                            None => "SSH session ended".to_string(),
+                        };
+                        return self.closed(message).await;
+                    }
+                    Some(other) => debug!(?other, "Channel message ignored"),
+                },
+                message = self.session.control.recv::<ToWorker>() => match message {
+                    Ok(Some(message)) => {
+                        if let Err(end) = self.control(message).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => return End::Exit(0),
+                    Err(error) if supervisor_gone(&error) => return End::Exit(0),
+                    Err(error) => {
+                        tracing::error!(%error, "Control channel failed");
+                        return End::Exit(1);
+                    }
+                },
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
+                _ = heartbeat.tick() => {
+                    if self.session.control.send(&FromWorker::Heartbeat).await.is_err() {
+                        return End::Exit(1);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Renders and publishes if the terminal changed, the supervisor released the last frame and the
+    /// frame interval has passed.
+    async fn maybe_render(&mut self) -> Result<(), End> {
+        if !self.dirty || self.awaiting_consume || self.last_frame.elapsed() < self.frame_interval() {
+            return Ok(());
+        }
+        self.render_now().await
+    }
+
+    fn frame_interval(&self) -> Duration {
+        if self.output_since_frame > FLOOD_BYTES {
+            FLOOD_FRAME_INTERVAL
+        } else {
+            FRAME_INTERVAL
+        }
+    }
+
+    async fn render_now(&mut self) -> Result<(), End> {
+        self.terminal.render(&mut self.session.frames);
+        self.dirty = false;
+        self.output_since_frame = 0;
+        if let Some(seq) = self.session.frames.try_publish() {
+            self.awaiting_consume = true;
+            self.last_frame = Instant::now();
+            self.send(&FromWorker::Published { seq }).await?;
+        }
+        Ok(())
+    }
+
+    async fn closed(&mut self, message: String) -> End {
+        info!(%message, "SSH session ended");
+        self.dirty = true;
+        self.awaiting_consume = false;
+        let _ = self.render_now().await;
+        match self.session.control.send(&FromWorker::Closed { message }).await {
+            Ok(()) => End::Exit(0),
+            Err(_) => End::Exit(1),
+        }
+    }
+
+    async fn send(&self, message: &FromWorker) -> Result<(), End> {
+        self.session.control.send(message).await.map_err(|_| End::Exit(1))
+    }
+
+    /// Queues bytes for the server; drops them (once warned) when the server stopped reading.
+    fn write(&mut self, bytes: Vec<u8>) {
+        if bytes.is_empty() {
+            return;
+        }
+        match self.out.try_send(Out::Data(bytes)) {
+            Ok(()) => self.dropped_input = false,
+            Err(_) => {
+                if !self.dropped_input {
+                    warn!("SSH server is not reading; dropping input");
+                }
+                self.dropped_input = true;
+            }
+        }
+    }
+
+    async fn resize(&mut self, width: u32, height: u32) {
+        let (width, height) = clamp_size(&self.session, width, height);
+        if (width, height) == self.terminal.pixel_size() {
+            return;
+        }
+        if let Err(e) = self.session.frames.resize(width, height) {
+            warn!(%e, "Cannot resize the surface");
+            return;
+        }
+        let (cols, rows) = self.terminal.resize(width, height);
+        self.press_cell = None;
+        let _ = self.out.try_send(Out::WindowChange { cols: cols as u32, rows: rows as u32, width, height });
+        self.dirty = true;
+    }
+
+    async fn control(&mut self, message: ToWorker) -> Result<(), End> {
+        match message {
+            ToWorker::Key { keysym, pressed } => self.key(keysym, pressed),
+            ToWorker::Mouse { x, y, mask } => self.mouse(x, y, mask).await?,
+            ToWorker::Resize { width, height } => {
+                if width > 0 && height > 0 {
+                    self.resize(width, height).await;
+                }
+            }
+            ToWorker::Clipboard { mimetype, data, last } => {
+                if self.settings.disable_paste || !mimetype.starts_with("text/") {
+                    return Ok(());
+                }
+                let room = self.settings.clipboard_buffer_size.saturating_sub(self.paste_buffer.len());
+                self.paste_buffer.extend_from_slice(&data[..data.len().min(room)]);
+                if last {
+                    self.clipboard = String::from_utf8_lossy(&self.paste_buffer).into_owned();
+                    self.paste_buffer.clear();
+                }
+            }
+            ToWorker::Consumed { seq } => {
+                if seq >= self.session.frames.published() {
+                    self.awaiting_consume = false;
+                }
+                // Damage drawn while the supervisor held the front is published now.
+                if self.session.frames.has_pending() && self.last_frame.elapsed() >= self.frame_interval() {
+                    if let Some(seq) = self.session.frames.try_publish() {
+                        self.awaiting_consume = true;
+                        self.last_frame = Instant::now();
+                        self.send(&FromWorker::Published { seq }).await?;
+                    }
+                }
+            }
+            ToWorker::Heartbeat => self.send(&FromWorker::Heartbeat).await?,
+            ToWorker::Shutdown => return Err(End::Exit(0)),
+            ToWorker::Start { .. } => warn!("Ignoring a second Start"),
+        }
+        Ok(())
+    }
+
+    fn key(&mut self, keysym: u32, pressed: bool) {
+        if self.keys.update_modifiers(keysym, pressed) || !pressed {
+            return;
+        }
+        self.keys.application_cursor = self.terminal.screen().application_cursor();
+        match self.keys.translate(keysym) {
+            KeyAction::Scroll(rows) => {
+                if self.terminal.scroll_view(rows) {
+                    self.dirty = true;
+                }
+            }
+            KeyAction::Paste => self.paste(),
+            KeyAction::Send(bytes) => {
+                if self.settings.read_only {
+                    return;
+                }
+                if self.terminal.reset_view() {
+                    self.dirty = true;
+                }
+                if self.terminal.selection.take().is_some() {
+                    self.dirty = true;
+                }
+                self.write(bytes);
+            }
+            KeyAction::None => {}
+        }
+    }
+
+    /// Sends the client's clipboard as typed input (bracketed when the application asked for it).
+    fn paste(&mut self) {
+        if self.settings.read_only || self.settings.disable_paste || self.clipboard.is_empty() {
+            return;
+        }
+        let text = self.clipboard.replace("\r\n", "\r").replace('\n', "\r");
+        let bytes = if self.terminal.screen().bracketed_paste() {
+            // The text must not end the bracket itself.
+            let text = text.replace("\x1b[201~", "");
+            format!("\x1b[200~{text}\x1b[201~").into_bytes()
+        } else {
+            text.into_bytes()
+        };
+        if self.terminal.reset_view() {
+            self.dirty = true;
+        }
+        self.write(bytes);
+    }
+
+    async fn mouse(&mut self, x: i32, y: i32, mask: u32) -> Result<(), End> {
+        let pressed = mask & !self.buttons;
+        let released = self.buttons & !mask;
+        let previous = self.buttons;
+        self.buttons = mask;
+        let cell = self.terminal.cell_at(x, y);
+        let screen = self.terminal.screen();
+        let mode = screen.mouse_protocol_mode();
+        if mode != MouseProtocolMode::None && !self.keys.shift && !self.settings.read_only {
+            let encoding = screen.mouse_protocol_encoding();
+            let bytes = mouse_report(mode, encoding, cell, pressed, released, previous, mask);
+            self.write(bytes);
+            return Ok(());
+        }
+        if pressed & WHEEL_UP != 0 && self.terminal.scroll_view(WHEEL_ROWS) {
+            self.dirty = true;
+        }
+        if pressed & WHEEL_DOWN != 0 && self.terminal.scroll_view(-WHEEL_ROWS) {
+            self.dirty = true;
+        }
+        if pressed & BUTTON_LEFT != 0 {
+            self.press_cell = Some(cell);
+            if self.terminal.selection.take().is_some() {
+                self.dirty = true;
+            }
+        } else if mask & BUTTON_LEFT != 0 {
+            if let Some(anchor) = self.press_cell {
+                let selection = Some(Selection { anchor, end: cell });
+                if (anchor != cell || self.terminal.selection.is_some()) && self.terminal.selection != selection {
+                    self.terminal.selection = selection;
+                    self.dirty = true;
+                }
+            }
+        }
+        if released & BUTTON_LEFT != 0 {
+            self.press_cell = None;
+            if let Some(text) = self.terminal.selected_text() {
+                self.copy(text).await?;
+            }
+        }
+        if released & (BUTTON_MIDDLE | BUTTON_RIGHT) != 0 {
+            self.paste();
+        }
+        Ok(())
+    }
+
+    /// Sends selected text to the client's clipboard (unless `disable-copy`).
+    async fn copy(&mut self, text: String) -> Result<(), End> {
+        if self.settings.disable_copy {
+            return Ok(());
+        }
+        let mut end = text.len().min(self.settings.clipboard_buffer_size);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        let data = &text.as_bytes()[..end];
+        let mut chunks = data.chunks(CLIPBOARD_CHUNK).peekable();
+        if chunks.peek().is_none() {
+            return self.send(&FromWorker::Clipboard { mimetype: "text/plain".into(), data: Vec::new(), last: true }).await;
+        }
+        while let Some(chunk) = chunks.next() {
+            let last = chunks.peek().is_none();
+            self.send(&FromWorker::Clipboard { mimetype: "text/plain".into(), data: chunk.to_vec(), last }).await?;
+        }
+        Ok(())
+    }
+}
+
+/// xterm mouse reports for an application that enabled mouse tracking.
+fn mouse_report(
+    mode: MouseProtocolMode,
+    encoding: MouseProtocolEncoding,
+    (row, col): (u16, u16),
+    pressed: u32,
+    released: u32,
+    previous: u32,
+    mask: u32,
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut emit = |button: u32, release: bool| match encoding {
+        MouseProtocolEncoding::Sgr => {
+            let end = if release { 'm' } else { 'M' };
+            out.extend_from_slice(format!("\x1b[<{button};{};{}{end}", col + 1, row + 1).as_bytes());
+        }
+        _ => {
+            let code = if release { 3 } else { button };
+            let clamp = |v: u16| (v as u32 + 33).min(255) as u8;
+            out.extend_from_slice(&[0x1b, b'[', b'M', (code + 32) as u8, clamp(col), clamp(row)]);
+        }
+    };
+    for (bit, code) in [(BUTTON_LEFT, 0), (BUTTON_MIDDLE, 1), (BUTTON_RIGHT, 2), (WHEEL_UP, 64), (WHEEL_DOWN, 65)] {
+        if pressed & bit != 0 {
+            emit(code, false);
+        }
+        if released & bit != 0 && code < 64 && mode != MouseProtocolMode::Press {
+            emit(code, true);
+        }
+    }
+    let motion = pressed == 0 && released == 0;
+    let held = mask & (BUTTON_LEFT | BUTTON_MIDDLE | BUTTON_RIGHT);
+    if motion
+        && (mode == MouseProtocolMode::AnyMotion || (mode == MouseProtocolMode::ButtonMotion && held != 0))
+        && previous == mask
+    {
+        let button = match held {
+            b if b & BUTTON_LEFT != 0 => 0,
+            b if b & BUTTON_MIDDLE != 0 => 1,
+            b if b & BUTTON_RIGHT != 0 => 2,
+            _ => 3,
+        };
+        emit(button + 32, false);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sgr_mouse_reports() {
+        let sgr = MouseProtocolEncoding::Sgr;
+        let mode = MouseProtocolMode::PressRelease;
+        assert_eq!(mouse_report(mode, sgr, (4, 9), BUTTON_LEFT, 0, 0, 1), b"\x1b[<0;10;5M");
+        assert_eq!(mouse_report(mode, sgr, (4, 9), 0, BUTTON_LEFT, 1, 0), b"\x1b[<0;10;5m");
+        assert_eq!(mouse_report(mode, sgr, (0, 0), WHEEL_UP, 0, 0, WHEEL_UP), b"\x1b[<64;1;1M");
+        let x10 = MouseProtocolEncoding::Default;
+        assert_eq!(mouse_report(mode, x10, (0, 0), BUTTON_LEFT, 0, 0, 1), b"\x1b[M !!");
+        assert!(mouse_report(mode, sgr, (1, 1), 0, 0, 0, 0).is_empty());
+    }
+}
