@@ -14,7 +14,7 @@ log() { echo "test.sh: $*" >&2; }
 # System packages: the peers' plus nasm (SIMD for mozjpeg). As root this installs what is missing;
 # otherwise it fails loudly if anything is missing.
 # chromium and xclip: the web client's browser tests (tests/tests/web.rs) and the X clipboard they check.
-scripts/peers.sh install nasm chromium xclip
+scripts/peers.sh install nasm chromium xclip openssl
 # The unprivileged user guacr's workers run as (the tests run guacr as root).
 scripts/setup.sh
 

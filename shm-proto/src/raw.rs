@@ -145,9 +145,7 @@ pub(crate) fn cloexec_from(first: u32) -> std::io::Result<()> {
     // (CLOSE_RANGE_CLOEXEC), so no Rust-owned descriptor is invalidated.
     // JUSTIFICATION: nix has no wrapper for close_range, and walking /proc/self/fd would need raw
     // descriptors turned into borrowed ones (unsafe too) for each entry.
-    let rc = unsafe {
-        libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC)
-    };
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, libc::CLOSE_RANGE_CLOEXEC) };
     if rc == 0 {
         Ok(())
     } else {

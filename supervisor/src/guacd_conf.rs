@@ -99,7 +99,20 @@ mod tests {
         let (flags, ignored) = parse(text).unwrap();
         assert_eq!(
             flags,
-            ["-b", "0.0.0.0", "-l", "4823", "-p", "/run/guacd.pid", "-L", "debug", "-C", "/etc/c.pem", "-K", "/etc/k.pem"]
+            [
+                "-b",
+                "0.0.0.0",
+                "-l",
+                "4823",
+                "-p",
+                "/run/guacd.pid",
+                "-L",
+                "debug",
+                "-C",
+                "/etc/c.pem",
+                "-K",
+                "/etc/k.pem"
+            ]
         );
         assert_eq!(ignored.len(), 1);
         assert!(parse("[server\n").is_err());

@@ -47,7 +47,12 @@ pub fn init(worker_user: &str, limits: Limits) -> anyhow::Result<()> {
         if user.uid.is_root() {
             anyhow::bail!("worker user {worker_user:?} has uid 0; workers must run unprivileged");
         }
-        info!(user = worker_user, uid = user.uid.as_raw(), gid = user.gid.as_raw(), "Workers run as an unprivileged user");
+        info!(
+            user = worker_user,
+            uid = user.uid.as_raw(),
+            gid = user.gid.as_raw(),
+            "Workers run as an unprivileged user"
+        );
         Some(Identity { uid: user.uid.as_raw(), gid: user.gid.as_raw() })
     } else {
         None
@@ -196,7 +201,10 @@ mod tests {
                          34 25 0:30 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
         assert_eq!(cgroup2_mount(mountinfo), Some(PathBuf::from("/sys/fs/cgroup/unified")));
         assert_eq!(cgroup2_mount("1 2 0:1 / / rw - ext4 /dev/vda rw\n"), None);
-        assert_eq!(own_cgroup("4:memory:/x\n0::/system.slice/guacr.service\n").as_deref(), Some("/system.slice/guacr.service"));
+        assert_eq!(
+            own_cgroup("4:memory:/x\n0::/system.slice/guacr.service\n").as_deref(),
+            Some("/system.slice/guacr.service")
+        );
         assert_eq!(own_cgroup("4:memory:/x\n"), None);
         assert!(has_controllers("cpuset cpu io memory pids\n"));
         assert!(!has_controllers("hugetlb\n"));

@@ -5,14 +5,14 @@
 mod client;
 mod config;
 mod display;
+mod guacd_conf;
 mod http;
 mod jail;
 mod limits;
-mod guacd_conf;
-mod tls;
 mod metrics;
 mod protocols;
 mod session;
+mod tls;
 mod worker;
 
 use std::sync::Arc;
@@ -107,7 +107,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     });
     runtime.block_on(async move {
         let listener = TcpListener::from_std(std_listener)?;
-        info!(address = %bound, encoder_threads = threads, "Guacamole proxy daemon (guacr) listening");
+        info!(address = %bound, encoder_threads = threads, tls = tls.is_some(), "Guacamole proxy daemon (guacr) listening");
         http::start(web, shared.clone())?;
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {

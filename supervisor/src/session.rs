@@ -398,6 +398,14 @@ impl<'a> Session<'a> {
                 }
                 status = child.wait() => {
                     info!(status = ?status.ok(), "Worker exited");
+                    // A worker that reported why it ends (`Failed`, `Closed`) and exited may be seen
+                    // exiting first: read what it left in the socket before calling it a crash.
+                    let pending = Duration::from_millis(50);
+                    while let Ok(Ok(Some(message))) = tokio::time::timeout(pending, control.recv::<FromWorker>()).await {
+                        if matches!(message, FromWorker::Failed { .. } | FromWorker::Closed { .. }) {
+                            self.handle_worker(message, writer).await?;
+                        }
+                    }
                     return Err(SessionEnd::error(Status::UpstreamError, WORKER_CRASHED));
                 }
                 done = async { encoding.as_mut().expect("guarded by the branch condition").await }, if encoding.is_some() => {

@@ -27,8 +27,8 @@ pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<TlsAcceptor> {
     if chain.is_empty() {
         anyhow::bail!("TLS certificate file {} holds no certificate", cert.display());
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| anyhow::anyhow!("cannot read TLS key {}: {e}", key.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("cannot read TLS key {}: {e}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -48,4 +48,3 @@ pub async fn serve(acceptor: TlsAcceptor, stream: TcpStream, peer: SocketAddr, s
         Err(_) => info!(%peer, "TLS handshake timed out"),
     }
 }
-

@@ -47,7 +47,33 @@ struct Slot {
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap()
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// `(RssAnon, RssShmem)` in KiB.
+fn rss_parts(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("RssAnon:"), field("RssShmem:"))
+}
+
+/// Shared-memory regions still mapped by the supervisor.
+fn memfd_mappings(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("memfd:guacr-frames"))
+        .count()
 }
 
 fn fd_targets(pid: u32) -> Vec<String> {
@@ -185,7 +211,8 @@ async fn kill_storm_hurts_only_the_victims() {
             for (i, (client, frames)) in &window {
                 let same = Arc::ptr_eq(client, &slots[*i].client) && !down[*i];
                 if same && client.frames() <= *frames {
-                    starved.push(format!("session {i} got no frame for {WINDOW:?}, {:?} into the storm", start.elapsed()));
+                    starved
+                        .push(format!("session {i} got no frame for {WINDOW:?}, {:?} into the storm", start.elapsed()));
                 }
             }
             checked_windows += 1;
@@ -225,10 +252,8 @@ async fn kill_storm_hurts_only_the_victims() {
             let hit = match (waited, client.last_error()) {
                 (Ok(()), Some(error)) => {
                     let closed = client.wait_closed(Duration::from_secs(5)).await;
-                    closed.map_err(|e| format!("{signal} to worker {pid}: not closed after the error: {e}")).map(|()| Hit {
-                        signal,
-                        latency: error.at.saturating_duration_since(sent),
-                        status: error.status,
+                    closed.map_err(|e| format!("{signal} to worker {pid}: not closed after the error: {e}")).map(|()| {
+                        Hit { signal, latency: error.at.saturating_duration_since(sent), status: error.status }
                     })
                 }
                 (waited, _) => Err(format!("{signal} to worker {pid}: no error: {waited:?}")),
@@ -242,7 +267,8 @@ async fn kill_storm_hurts_only_the_victims() {
 
     // Generous bounds that still prove the behaviour on a loaded 2-core machine: a SIGKILL is noticed at
     // once (typically milliseconds), a SIGSTOP when the heartbeat deadline passes.
-    let bounds = [(Signal::SIGKILL, Duration::from_secs(2)), (Signal::SIGSTOP, Duration::from_secs(WORKER_TIMEOUT_S + 4))];
+    let bounds =
+        [(Signal::SIGKILL, Duration::from_secs(2)), (Signal::SIGSTOP, Duration::from_secs(WORKER_TIMEOUT_S + 4))];
     for (kind, bound) in bounds {
         let mut latencies: Vec<Duration> = hits.iter().filter(|h| h.signal == kind).map(|h| h.latency).collect();
         latencies.sort();
@@ -273,13 +299,24 @@ async fn kill_storm_hurts_only_the_victims() {
     assert!(!fds.iter().any(|t| t.contains("memfd:")), "leaked memfds: {fds:?}");
     assert!(fds.len() <= idle_fds + 2, "descriptors {} after, {idle_fds} before: {fds:?}", fds.len());
     let after_rss = rss_kib(supervisor);
+    let (anon, shmem) = rss_parts(supervisor);
+    eprintln!(
+        "after the storm: RssAnon {anon} KiB, RssShmem {shmem} KiB, memfd mappings {}",
+        memfd_mappings(supervisor)
+    );
+    assert_eq!(memfd_mappings(supervisor), 0, "shared-memory regions still mapped");
     eprintln!(
         "supervisor RSS: idle {idle_rss} KiB, 30 sessions {peak_rss} KiB, baseline after warm-up {baseline_rss} KiB, \
          after the storm {after_rss} KiB"
     );
+    // The shared memory is all gone (above). The heap is what glibc keeps after freeing, which varies
+    // from run to run (30-170 MiB after the warm-up round here): the bound allows that retention, while
+    // 100 sessions leaking a frame buffer each (>= 3 MiB) would exceed it.
+    let reference = baseline_rss.max(64 * 1024);
     assert!(
-        after_rss <= baseline_rss + baseline_rss / 2 + 16 * 1024,
-        "supervisor memory did not return near its baseline: {after_rss} KiB vs {baseline_rss} KiB"
+        after_rss <= reference + 64 * 1024 && after_rss < peak_rss,
+        "supervisor memory did not return near its baseline: {after_rss} KiB after, {baseline_rss} KiB after the \
+         warm-up, {peak_rss} KiB with 30 sessions"
     );
     assert!(guacr.try_exit_status().is_none(), "guacr is still up");
 }

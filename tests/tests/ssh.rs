@@ -81,7 +81,15 @@ fn count_in(shot: &RgbImage, x: u32, y: u32, w: u32, h: u32, color: [u8; 3]) -> 
 }
 
 /// Waits until cells `col0..col0+cols` of screen row `row` are entirely `color`.
-async fn wait_block(client: &GuacClient, what: &str, row: u32, col0: u32, cols: u32, color: [u8; 3], timeout: Duration) {
+async fn wait_block(
+    client: &GuacClient,
+    what: &str,
+    row: u32,
+    col0: u32,
+    cols: u32,
+    color: [u8; 3],
+    timeout: Duration,
+) {
     let (cw, ch) = cell();
     let result = client
         .wait_until_named(what, timeout, move |s| {
@@ -108,6 +116,15 @@ async fn ctrl(client: &GuacClient, key: char) {
     client.send_key(CONTROL_L, false).await.unwrap();
 }
 
+/// utime + stime of a process, in clock ticks (100 per second on Linux).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_speaks_guacd_1_6_ssh() {
     let guacr = guacr();
@@ -122,8 +139,17 @@ async fn handshake_speaks_guacd_1_6_ssh() {
 async fn password_login_renders_typed_command_output() {
     let guacr = guacr();
     let peer = peer();
+    let started = Instant::now();
     let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
     wait_prompt(&client, &guacr).await;
+    eprintln!("password login: prompt visible {:?} after connecting (incl. 300 ms settle)", started.elapsed());
+
+    // The worker talks to the server only from inside its seccomp sandbox.
+    let workers = guacr.worker_pids();
+    assert_eq!(workers.len(), 1, "one worker per session");
+    let status = std::fs::read_to_string(format!("/proc/{}/status", workers[0])).unwrap();
+    assert!(status.lines().any(|l| l.starts_with("Seccomp:") && l.ends_with('2')), "worker not in seccomp:\n{status}");
+    assert!(status.lines().any(|l| l.starts_with("NoNewPrivs:") && l.ends_with('1')));
 
     // Colours: a red block (SGR 41: guacd's palette red) at the expected cells.
     print_block(&client, 41).await;
@@ -200,6 +226,18 @@ async fn keyboard_interactive_login() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_ignores_input() {
+    let guacr = guacr();
+    let peer = peer();
+    let client = open(&guacr, &peer, &[("password", &peer.password), ("read-only", "true")]).await;
+    wait_prompt(&client, &guacr).await;
+    print_block(&client, 41).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(client.screenshot().count_color(RED, 0), 0, "a read-only session must not type");
+    assert!(!client.is_closed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_password_is_769() {
     let guacr = guacr();
     let peer = peer();
@@ -247,9 +285,18 @@ async fn private_keys_log_in() {
         assert!(client.last_error().is_none(), "{name}: {:?}", client.last_error());
         client.disconnect().await.ok();
     }
-    // A passphrase-protected key without its passphrase does not log in.
+    // A passphrase-protected key without its passphrase: asked in the terminal, as guacd does.
     let key = peer.private_key("id_ed25519_pass");
     let client = open(&guacr, &peer, &[("private-key", key.as_str())]).await;
+    client.wait_frames(1, Duration::from_secs(10)).await.expect("passphrase prompt shown");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.type_text(&format!("{}\n", peers::SSH_KEY_PASSPHRASE)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    print_block(&client, 41).await;
+    wait_block(&client, "login after the passphrase prompt", 0, 0, 10, RED, Duration::from_secs(20)).await;
+    client.disconnect().await.ok();
+    // A wrong passphrase: 769.
+    let client = open(&guacr, &peer, &[("private-key", key.as_str()), ("passphrase", "wrong")]).await;
     client.wait_closed(Duration::from_secs(20)).await.expect("session ends");
     assert_eq!(client.last_error().map(|e| e.status), Some(769));
 }
@@ -286,10 +333,7 @@ async fn terminal_follows_client_resize() {
         .await
         .expect("resize");
     // A red bar as wide as the terminal says it is (`stty size` answers from the pty size).
-    client
-        .type_text("clear; printf '\\033[41m%*s\\033[0m\\n' $(stty size | cut -d' ' -f2) ''\n")
-        .await
-        .unwrap();
+    client.type_text("clear; printf '\\033[41m%*s\\033[0m\\n' $(stty size | cut -d' ' -f2) ''\n").await.unwrap();
     let cols = w / cw;
     wait_block(&client, "bar as wide as the resized terminal", 0, 0, cols, RED, Duration::from_secs(10)).await;
     let shot = client.screenshot();
@@ -303,6 +347,9 @@ async fn flood_stays_responsive_and_ctrl_c_stops_it() {
     let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
     wait_prompt(&client, &guacr).await;
     let bytes_before = client.state().bytes_received;
+    let worker = guacr.worker_pids()[0];
+    let cpu_before = cpu_ticks(worker);
+    let frames_before = client.frames();
     client.type_text("seq 1 100000000\n").await.unwrap();
     // Frames keep coming while output floods.
     let frames = client.frames();
@@ -313,9 +360,160 @@ async fn flood_stays_responsive_and_ctrl_c_stops_it() {
     print_block(&client, 41).await;
     wait_block(&client, "command after ctrl-c", 0, 0, 10, RED, Duration::from_secs(30)).await;
     let recovered = started.elapsed();
-    let state = client.state();
-    let sent = state.bytes_received - bytes_before;
-    eprintln!("flood: ctrl-c to next command output {recovered:?}; {} frames, {sent} bytes to the client", state.frames);
+    let (sent, total_frames) = {
+        let state = client.state();
+        (state.bytes_received - bytes_before, state.frames)
+    };
+    eprintln!("flood: ctrl-c to next command output {recovered:?}; {total_frames} frames, {sent} bytes to the client");
+    let pss = std::fs::read_to_string(format!("/proc/{worker}/smaps_rollup"))
+        .ok()
+        .and_then(|t| t.lines().find(|l| l.starts_with("Pss:")).map(str::to_string));
+    eprintln!("flood: worker {worker} after the flood: {pss:?}");
+    let ticks = cpu_ticks(worker) - cpu_before;
+    let frames = client.frames() - frames_before;
+    eprintln!(
+        "flood: worker CPU {} ms (user+system) for {frames} frames: {:.2} ms per frame (includes parsing the flood)",
+        ticks * 10,
+        ticks as f64 * 10.0 / frames.max(1) as f64
+    );
     // The client gets coalesced frames, not every line: far below the flood's own size.
     assert!(sent < 200 << 20, "{sent} bytes sent to the client");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scrolling_sends_copy_and_the_wheel_shows_history() {
+    let guacr = guacr();
+    let peer = peer();
+    let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
+    wait_prompt(&client, &guacr).await;
+    let (_, ch) = cell();
+    let rows = HEIGHT / ch;
+    // A red line, then enough lines, slowly, to push it into the scrollback one frame at a time.
+    let lines = rows + 10;
+    client
+        .type_text(&format!(
+            "clear; printf '\\033[41m          \\033[0m\\n'; for i in $(seq 1 {lines}); do echo $i; sleep 0.01; done\n"
+        ))
+        .await
+        .unwrap();
+    client
+        .wait_until_named("scrolled output uses copy", Duration::from_secs(20), |s| {
+            s.opcode_counts.get("copy").copied().unwrap_or(0) >= 5
+        })
+        .await
+        .expect("terminal scrolling reaches the client as `copy` instructions");
+    // Wait for the loop to end: the red line has left the screen.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    client
+        .wait_until_named("red line scrolled away", Duration::from_secs(20), |s| {
+            s.display.screenshot().count_color(RED, 0) == 0
+        })
+        .await
+        .expect("red line scrolled off");
+    // Mouse wheel up (button 4 = mask 8) far enough: the red line is back at the top row.
+    for _ in 0..(lines / 3 + 5) {
+        client.send_mouse(100, 100, 8).await.unwrap();
+        client.send_mouse(100, 100, 0).await.unwrap();
+    }
+    wait_block(&client, "red line back from the scrollback", 0, 0, 10, RED, Duration::from_secs(10)).await;
+    // Typing returns to the live screen.
+    client.type_text(" ").await.unwrap();
+    client
+        .wait_until_named("live screen again", Duration::from_secs(10), |s| {
+            s.display.screenshot().count_color(RED, 0) == 0
+        })
+        .await
+        .expect("back to the live screen");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terminal_type_locale_timezone_and_colours() {
+    let guacr = guacr();
+    let peer = peer();
+    let extra = [
+        ("password", peer.password.as_str()),
+        ("terminal-type", "xterm-256color"),
+        ("locale", "C.UTF-8"),
+        ("timezone", "Asia/Tokyo"),
+    ];
+    let client = open(&guacr, &peer, &extra).await;
+    wait_prompt(&client, &guacr).await;
+    // Only when all three arrived is a block printed: 256-colour red, then a true-colour block beside it.
+    client
+        .type_text(concat!(
+            "clear; [ \"$TERM\" = xterm-256color ] && [ \"$LANG\" = C.UTF-8 ] && [ \"$TZ\" = Asia/Tokyo ] && ",
+            "printf '\\033[48;5;196m          \\033[48;2;1;2;3m          \\033[0m\\n'\n"
+        ))
+        .await
+        .unwrap();
+    wait_block(&client, "256-colour block", 0, 0, 10, [255, 0, 0], Duration::from_secs(10)).await;
+    wait_block(&client, "true-colour block", 0, 10, 10, [1, 2, 3], Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn command_runs_instead_of_the_shell_and_exit_closes() {
+    let guacr = guacr();
+    let peer = peer();
+    let command = "printf '\\033[41m          \\033[0m'; sleep 1";
+    let client = open(&guacr, &peer, &[("password", &peer.password), ("command", command)]).await;
+    wait_block(&client, "command output", 0, 0, 10, RED, Duration::from_secs(20)).await;
+    // The command's end ends the session cleanly (no error).
+    client.wait_closed(Duration::from_secs(20)).await.expect("session ends with the command");
+    assert!(client.last_error().is_none_or(|e| e.status < 256), "{:?}", client.last_error());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_credentials_are_asked_in_the_terminal() {
+    let guacr = guacr();
+    let peer = peer();
+    let mut client = GuacClient::connect(guacr.addr()).await.expect("connecting to guacr");
+    let params = [("hostname", peer.host()), ("port", peer.port().to_string())];
+    client.handshake("ssh", &params, WIDTH, HEIGHT).await.expect("handshake");
+    // guacd's prompt, drawn with our font at the top left.
+    let mut font = Font::new(12, 96).unwrap();
+    let (w, h, rgb) = font.render_line("Login as:", FG, BG);
+    let expected = RgbImage::from_raw(w, h, rgb).unwrap();
+    client
+        .wait_until_named("login prompt", Duration::from_secs(10), move |s| {
+            s.frames > 0 && s.display.screenshot().crop(0, 0, w, h) == expected
+        })
+        .await
+        .expect("Login as: prompt");
+    client.type_text(&format!("{}\n", peer.username)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.type_text(&format!("{}\n", peer.password)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    print_block(&client, 41).await;
+    wait_block(&client, "logged in after prompts", 0, 0, 10, RED, Duration::from_secs(20)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_copy_and_disable_paste() {
+    let guacr = guacr();
+    let peer = peer();
+    let extra = [("password", peer.password.as_str()), ("disable-copy", "true"), ("disable-paste", "true")];
+    let client = open(&guacr, &peer, &extra).await;
+    wait_prompt(&client, &guacr).await;
+    // Selecting the prompt copies nothing.
+    let (cw, ch) = cell();
+    let y = (ch / 2) as i32;
+    client.send_mouse(2, y, 1).await.unwrap();
+    client.send_mouse((cw * 8) as i32, y, 1).await.unwrap();
+    client.send_mouse((cw * 8) as i32, y, 0).await.unwrap();
+    // Pasting does nothing either.
+    let b64 = base64::engine::general_purpose::STANDARD.encode("clear; printf '\\033[42m          \\033[0m\\n'");
+    client.send("clipboard", &["1", "text/plain"]).await.unwrap();
+    client.send("blob", &["1", &b64]).await.unwrap();
+    client.send("end", &["1"]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.send_key(0xffe1, true).await.unwrap();
+    ctrl(&client, 'V').await;
+    client.send_key(0xffe1, false).await.unwrap();
+    client.type_text("\n").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(client.screenshot().count_color(GREEN, 0), 0, "disable-paste must not paste");
+    assert!(
+        !client.state().finished_streams.iter().any(|s| s.kind == "clipboard"),
+        "disable-copy must not send the selection"
+    );
 }

@@ -21,8 +21,7 @@ use landlock::{
 };
 use nix::libc;
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    TargetArch,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// What a worker may still do once it is sandboxed.
@@ -116,11 +115,7 @@ pub fn sandbox(policy: &Policy) -> Result<Sandboxed, SandboxError> {
 
 fn thread_count() -> Result<usize, SandboxError> {
     let status = std::fs::read_to_string("/proc/self/status").map_err(SandboxError::Proc)?;
-    Ok(status
-        .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap_or(0))
+    Ok(status.lines().find_map(|l| l.strip_prefix("Threads:")).and_then(|n| n.trim().parse().ok()).unwrap_or(0))
 }
 
 fn own_pid() -> u64 {
@@ -190,7 +185,7 @@ pub(crate) fn seccomp_filter(policy: &Policy, pid: u64) -> Result<BpfProgram, Sa
     allow(libc::SYS_sendmsg, any())?; // control socket (seqpacket)
     allow(libc::SYS_close, any())?; // dropping sockets
     allow(libc::SYS_shutdown, any())?; // ending the TCP connection cleanly
-    // The event loop (tokio on epoll).
+                                       // The event loop (tokio on epoll).
     allow(libc::SYS_epoll_ctl, any())?; // registering the new TCP socket
     allow(libc::SYS_epoll_pwait, any())?; // waiting for events and timers
     allow(libc::SYS_epoll_pwait2, any())?; // newer tokio/mio wait with a timespec
@@ -199,7 +194,7 @@ pub(crate) fn seccomp_filter(policy: &Policy, pid: u64) -> Result<BpfProgram, Sa
     allow(libc::SYS_ppoll, any())?; // std's connect_timeout and timed reads
     #[cfg(target_arch = "x86_64")]
     allow(libc::SYS_poll, any())?; // std's connect_timeout and timed reads (x86_64)
-    // Connecting to the remote server: IPv4/IPv6 stream sockets only; Landlock limits the ports.
+                                   // Connecting to the remote server: IPv4/IPv6 stream sockets only; Landlock limits the ports.
     let stream = |family: libc::c_int| {
         vec![
             arg32(0, SeccompCmpOp::Eq, family as u64),
@@ -219,15 +214,15 @@ pub(crate) fn seccomp_filter(policy: &Policy, pid: u64) -> Result<BpfProgram, Sa
     allow(libc::SYS_getpeername, any())?; // peer address, for logs
     let fcntl_cmds = [libc::F_GETFD, libc::F_SETFD, libc::F_GETFL, libc::F_SETFL];
     allow(libc::SYS_fcntl, fcntl_cmds.iter().map(|c| vec![arg32(1, SeccompCmpOp::Eq, *c as u64)]).collect())?; // non-blocking and close-on-exec flags
-    allow(libc::SYS_ioctl, vec![vec![arg32(1, SeccompCmpOp::Eq, libc::FIONBIO as u64)]])?; // std's set_nonblocking
-    // Memory: the allocator. Never executable: no new code can be mapped after set-up.
+    allow(libc::SYS_ioctl, vec![vec![arg32(1, SeccompCmpOp::Eq, libc::FIONBIO)]])?; // std's set_nonblocking
+                                                                                    // Memory: the allocator. Never executable: no new code can be mapped after set-up.
     allow(libc::SYS_brk, any())?; // heap growth
     allow(libc::SYS_mmap, vec![vec![no_exec()]])?; // large allocations, thread stacks (not PROT_EXEC)
     allow(libc::SYS_mprotect, vec![vec![no_exec()]])?; // arena growth, stack guards (not PROT_EXEC)
     allow(libc::SYS_munmap, any())?; // freeing large allocations
     allow(libc::SYS_mremap, any())?; // growing large buffers
     allow(libc::SYS_madvise, any())?; // returning freed memory
-    // Threads and synchronisation (tokio's blocking pool, should anything use it).
+                                      // Threads and synchronisation (tokio's blocking pool, should anything use it).
     allow(libc::SYS_futex, any())?; // mutexes, condition variables, thread joins
     let thread = libc::CLONE_THREAD as u64;
     allow(libc::SYS_clone, vec![vec![arg(0, SeccompCmpOp::MaskedEq(thread), thread)]])?; // threads only, never a process (clone3 is not listed: libc falls back to clone on ENOSYS)
@@ -240,21 +235,21 @@ pub(crate) fn seccomp_filter(policy: &Policy, pid: u64) -> Result<BpfProgram, Sa
     allow(libc::SYS_exit, any())?; // thread exit
     allow(libc::SYS_exit_group, any())?; // process exit
     allow(libc::SYS_prctl, vec![vec![arg32(0, SeccompCmpOp::Eq, libc::PR_SET_NAME as u64)]])?; // naming threads
-    // Signals: only to ourselves (abort), and the plumbing for handlers.
+                                                                                               // Signals: only to ourselves (abort), and the plumbing for handlers.
     allow(libc::SYS_tgkill, vec![vec![arg32(0, SeccompCmpOp::Eq, pid)]])?; // abort() raising SIGABRT in this process only
     allow(libc::SYS_rt_sigreturn, any())?; // returning from a signal handler
     allow(libc::SYS_rt_sigprocmask, any())?; // signal masks around thread creation, abort()
     allow(libc::SYS_rt_sigaction, any())?; // abort() resetting SIGABRT
     allow(libc::SYS_sigaltstack, any())?; // std's stack-overflow guard per thread
     allow(libc::SYS_restart_syscall, any())?; // the kernel restarting an interrupted call
-    // Time and randomness.
+                                              // Time and randomness.
     allow(libc::SYS_clock_gettime, any())?; // timers (when the vDSO cannot answer)
     allow(libc::SYS_clock_getres, any())?; // timer resolution
     allow(libc::SYS_gettimeofday, any())?; // wall clock (vDSO fallback)
     allow(libc::SYS_clock_nanosleep, any())?; // std::thread::sleep
     allow(libc::SYS_nanosleep, any())?; // std::thread::sleep (older libc)
     allow(libc::SYS_getrandom, any())?; // hash-map seeds, VNC challenge handling
-    // Files only where the policy names paths to read (Landlock narrows them to those paths).
+                                        // Files only where the policy names paths to read (Landlock narrows them to those paths).
     if !policy.read_paths.is_empty() {
         allow(libc::SYS_openat, any())?; // reading the allowed files (Landlock checks the path)
         allow(libc::SYS_newfstatat, any())?; // metadata of open files

@@ -164,7 +164,8 @@ impl Settings {
         let hostname = params.get("hostname").ok_or(SettingsError::NoHostname)?.to_string();
         let port = number::<u16>(params, "port")?.unwrap_or(DEFAULT_PORT);
         let timeout = number::<u64>(params, "timeout")?.filter(|s| *s > 0).map_or(DEFAULT_TIMEOUT, Duration::from_secs);
-        let font_size = number::<u32>(params, "font-size")?.filter(|s| (1..=200).contains(s)).unwrap_or(DEFAULT_FONT_SIZE);
+        let font_size =
+            number::<u32>(params, "font-size")?.filter(|s| (1..=200).contains(s)).unwrap_or(DEFAULT_FONT_SIZE);
         let scrollback = number::<usize>(params, "scrollback")?.unwrap_or(DEFAULT_SCROLLBACK).min(100_000);
         let backspace = match number::<u32>(params, "backspace")? {
             None => 127,

@@ -63,15 +63,19 @@ impl client::Handler for Client {
 }
 
 /// Parses `host-key`: one or more known_hosts lines (`[host]:port type base64 [comment]`), or just
-/// `type base64`. Host name fields are not checked: the entry is given for this connection.
+/// `type base64`, or the bare base64 key. Host name fields are not checked: the entry is given for this connection.
 pub fn parse_host_keys(text: &str) -> Result<Vec<keys::ssh_key::public::KeyData>, String> {
     let mut found = Vec::new();
     for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
         let fields: Vec<&str> = line.split_whitespace().collect();
-        let key = fields.windows(2).find_map(|pair| {
-            let key = keys::parse_public_key_base64(pair[1]).ok()?;
-            (key.algorithm().as_str() == pair[0]).then_some(key)
-        });
+        let key = match fields[..] {
+            // A bare base64 key blob.
+            [blob] => keys::parse_public_key_base64(blob).ok(),
+            _ => fields.windows(2).find_map(|pair| {
+                let key = keys::parse_public_key_base64(pair[1]).ok()?;
+                (key.algorithm().as_str() == pair[0]).then_some(key)
+            }),
+        };
         match key {
             Some(key) => found.push(key.key_data().clone()),
             None => return Err(format!("host-key line {line:?} holds no public key")),
@@ -103,9 +107,11 @@ pub async fn connect(
     };
     // Load the key before connecting: a bad key or passphrase is the user's error, not the server's.
     let private_key = match &settings.private_key {
-        Some(text) => Some(Arc::new(keys::decode_secret_key(text, settings.passphrase.as_deref()).map_err(|e| {
-            Failure::new(status::CLIENT_UNAUTHORIZED, format!("The private key cannot be read: {e}"))
-        })?)),
+        Some(text) => {
+            Some(Arc::new(keys::decode_secret_key(text, settings.passphrase.as_deref()).map_err(|e| {
+                Failure::new(status::CLIENT_UNAUTHORIZED, format!("The private key cannot be read: {e}"))
+            })?))
+        }
         None => None,
     };
     let stream = match timeout(settings.timeout, TcpStream::connect(addrs)).await {
@@ -177,10 +183,8 @@ async fn authenticate(
             Ok(Some(hash)) => hash,
             _ => Some(HashAlg::Sha256),
         };
-        let result = handle
-            .authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(key, hash))
-            .await
-            .map_err(lost)?;
+        let result =
+            handle.authenticate_publickey(user.clone(), PrivateKeyWithHashAlg::new(key, hash)).await.map_err(lost)?;
         match result {
             AuthResult::Success => return Ok(()),
             AuthResult::Failure { remaining_methods, .. } => methods = Some(remaining_methods.to_vec()),
@@ -228,6 +232,7 @@ mod tests {
             format!("ssh-ed25519 {ED}"),
             format!("[127.0.0.1]:2222 ssh-ed25519 {ED} comment"),
             format!("# comment\nlocalhost ssh-ed25519 {ED}\n"),
+            ED.to_string(),
         ] {
             assert_eq!(parse_host_keys(&text).unwrap().len(), 1, "{text}");
         }

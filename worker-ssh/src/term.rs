@@ -45,8 +45,38 @@ impl Selection {
     }
 }
 
+/// Answers to the terminal queries applications make (device attributes, status and cursor position
+/// reports), collected while parsing and sent back to the server afterwards.
+#[derive(Default)]
+pub struct Replies(Vec<u8>);
+
+impl vt100::Callbacks for Replies {
+    fn unhandled_csi(
+        &mut self,
+        screen: &mut vt100::Screen,
+        i1: Option<u8>,
+        _i2: Option<u8>,
+        params: &[&[u16]],
+        c: char,
+    ) {
+        let first = params.first().and_then(|p| p.first()).copied().unwrap_or(0);
+        match (c, i1) {
+            // DA1: a VT220-class terminal with ANSI colour.
+            ('c', None) if first == 0 => self.0.extend_from_slice(b"\x1b[?62;22c"),
+            // DA2: xterm-compatible, version 0.
+            ('c', Some(b'>')) if first == 0 => self.0.extend_from_slice(b"\x1b[>1;0;0c"),
+            ('n', None) if first == 5 => self.0.extend_from_slice(b"\x1b[0n"),
+            ('n', None) if first == 6 => {
+                let (row, col) = screen.cursor_position();
+                self.0.extend_from_slice(format!("\x1b[{};{}R", row + 1, col + 1).as_bytes());
+            }
+            _ => {}
+        }
+    }
+}
+
 pub struct Terminal {
-    parser: vt100::Parser,
+    parser: vt100::Parser<Replies>,
     font: Font,
     scheme: ColorScheme,
     width: u32,
@@ -64,7 +94,7 @@ impl Terminal {
     pub fn new(font: Font, scheme: ColorScheme, scrollback: usize, width: u32, height: u32) -> Terminal {
         let one = std::num::NonZeroU16::MIN;
         let mut terminal = Terminal {
-            parser: vt100::Parser::new(one, one, scrollback),
+            parser: vt100::Parser::new_with_callbacks(one, one, scrollback, Replies::default()),
             font,
             scheme,
             width: 0,
@@ -113,6 +143,11 @@ impl Terminal {
     /// Feeds output from the remote side.
     pub fn process(&mut self, bytes: &[u8]) {
         self.parser.process(bytes);
+    }
+
+    /// Answers to queries found in the output so far, for the server.
+    pub fn take_replies(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.parser.callbacks_mut().0)
     }
 
     pub fn screen(&self) -> &vt100::Screen {
@@ -207,12 +242,7 @@ impl Terminal {
                 self.paint_cell(back, stride, r, c, &new_row);
             }
             let (cw, ch) = self.cell_size();
-            frames.mark_dirty(Rect::new(
-                first as u32 * cw,
-                r as u32 * ch,
-                (last - first + 1) as u32 * cw,
-                ch,
-            ));
+            frames.mark_dirty(Rect::new(first as u32 * cw, r as u32 * ch, (last - first + 1) as u32 * cw, ch));
             self.shown[r] = new_row;
         }
     }
@@ -260,9 +290,13 @@ impl Terminal {
         if let Some(c) = text.chars().next().filter(|c| !c.is_whitespace()) {
             let style = if cell.bold() { BOLD } else { 0 } | if cell.italic() { ITALIC } else { 0 };
             let mask = self.font.glyph(c, style, wide);
+            let columns = width.min(mask.width as usize).min((stride / 4).saturating_sub(x0));
             for y in 0..ch.min(mask.height as usize) {
-                let line = &mut back[(y0 + y) * stride + x0 * 4..];
-                for x in 0..width.min(mask.width as usize) {
+                let Some(line) = back.get_mut((y0 + y) * stride + x0 * 4..(y0 + y) * stride + (x0 + columns) * 4)
+                else {
+                    break;
+                };
+                for x in 0..columns {
                     let a = mask.coverage[y * mask.width as usize + x] as u16;
                     if a == 0 {
                         continue;
@@ -287,8 +321,12 @@ fn bgrx(rgb: Rgb) -> [u8; 4] {
 }
 
 fn fill(back: &mut [u8], stride: usize, x: usize, y: usize, w: usize, h: usize, px: [u8; 4]) {
+    // A surface smaller than one cell: paint what fits.
+    let w = w.min((stride / 4).saturating_sub(x));
     for row in y..y + h {
-        let line = &mut back[row * stride + x * 4..row * stride + (x + w) * 4];
+        let Some(line) = back.get_mut(row * stride + x * 4..row * stride + (x + w) * 4) else {
+            return;
+        };
         for p in line.chunks_exact_mut(4) {
             p.copy_from_slice(&px);
         }
@@ -353,6 +391,148 @@ mod tests {
         assert_eq!(best_move(&old, &old), None);
         let unknown: Vec<Vec<Option<u32>>> = vec![vec![None; 3]; 5];
         assert_eq!(best_move(&unknown, &new), None);
+    }
+
+    /// Renders and publishes one frame, returns what the supervisor would read.
+    fn frame(t: &mut Terminal, w: &mut FrameWriter, r: &mut shm_proto::FrameReader) -> shm_proto::Frame {
+        t.render(w);
+        w.try_publish().expect("published");
+        let frame = r.acquire().unwrap().expect("frame");
+        r.release(frame.clone());
+        frame
+    }
+
+    #[test]
+    fn damage_is_cell_granular_and_scrolls_are_copies() {
+        use shm_proto::{DamageOp, Geometry, SharedRegion};
+        let (mut reader, fd) = SharedRegion::create(Geometry::new(400, 160, 256).unwrap()).unwrap();
+        let mut writer = FrameWriter::attach(fd).unwrap();
+        writer.resize(400, 160).unwrap();
+        let font = Font::new(12, 96).unwrap();
+        let (cw, ch) = (font.cell_width, font.cell_height);
+        let mut t = Terminal::new(font, ColorScheme::default(), 100, 400, 160);
+        let (cols, rows) = t.grid_size();
+        assert_eq!((cols as u32, rows as u32), (400 / cw, 160 / ch));
+        assert!(frame(&mut t, &mut writer, &mut reader).overflow, "first frame is complete");
+
+        // Typing dirties only the cells that changed on that row (text and cursor).
+        t.process(b"hello");
+        let f = frame(&mut t, &mut writer, &mut reader);
+        assert_eq!(f.ops.len(), 1, "{:?}", f.ops);
+        let DamageOp::Dirty(r) = f.ops[0] else { panic!("{:?}", f.ops) };
+        assert_eq!((r.y, r.h), (0, ch));
+        assert!(r.w <= 7 * cw, "{r:?}");
+
+        // Filling the screen and scrolling by three lines moves the rest with one copy.
+        for i in 0..rows {
+            t.process(format!("\r\nline {i}").as_bytes());
+        }
+        frame(&mut t, &mut writer, &mut reader);
+        t.process(b"\r\nx\r\ny\r\nz");
+        let f = frame(&mut t, &mut writer, &mut reader);
+        let copies: Vec<_> = f.ops.iter().filter(|op| matches!(op, DamageOp::Copy { .. })).collect();
+        assert_eq!(copies.len(), 1, "{:?}", f.ops);
+        let DamageOp::Copy { src_x, src_y, dst } = *copies[0] else { unreachable!() };
+        assert_eq!((src_x, src_y, dst.y), (0, 3 * ch, 0));
+        assert!(dst.h >= (rows as u32 - 4) * ch, "{dst:?}");
+        let dirty: u32 = f
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                DamageOp::Dirty(r) => Some(r.h),
+                _ => None,
+            })
+            .sum();
+        assert!(dirty <= 4 * ch, "only the new rows are repainted: {:?}", f.ops);
+    }
+
+    /// Hostile output (random bytes mixed with escape sequences, wide characters, resizes, scrolling the
+    /// view, selections) never panics the renderer and never damages outside the frame.
+    #[test]
+    fn random_output_never_panics() {
+        use shm_proto::{Geometry, SharedRegion};
+        let (mut reader, fd) = SharedRegion::create(Geometry::new(300, 200, 64).unwrap()).unwrap();
+        let mut writer = FrameWriter::attach(fd).unwrap();
+        writer.resize(300, 200).unwrap();
+        let mut t = Terminal::new(Font::new(9, 96).unwrap(), ColorScheme::default(), 50, 300, 200);
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let pieces: [&[u8]; 14] = [
+            b"\x1b[2J",
+            b"\x1b[1;31;44m",
+            b"\x1b[38;5;200m",
+            b"\x1b[48;2;1;2;3m",
+            b"\x1b[?1049h",
+            b"\x1b[?1049l",
+            b"\x1b[3;5r",
+            b"\x1bM",
+            b"\x1b[7m\x1b[4m\x1b[3m",
+            "\u{4e2d}\u{6587}\u{1f600}e\u{301}".as_bytes(),
+            b"\r\n",
+            b"\x1b[999;999H",
+            b"\x1b[6n\x1b[c",
+            b"\x1b[0m",
+        ];
+        for round in 0..400 {
+            let mut bytes = Vec::new();
+            for _ in 0..(next() % 20) {
+                match next() % 3 {
+                    0 => bytes.extend_from_slice(pieces[(next() % pieces.len() as u64) as usize]),
+                    1 => bytes.extend((0..next() % 40).map(|_| (next() % 256) as u8)),
+                    _ => bytes.extend_from_slice(b"text text text "),
+                }
+            }
+            t.process(&bytes);
+            t.take_replies();
+            match round % 23 {
+                5 => {
+                    let (w, h) = (1 + (next() % 300) as u32, 1 + (next() % 200) as u32);
+                    writer.resize(w, h).unwrap();
+                    t.resize(w, h);
+                }
+                7 => {
+                    t.scroll_view((next() % 40) as i32 - 20);
+                }
+                11 => {
+                    let a = t.cell_at((next() % 400) as i32 - 50, (next() % 300) as i32 - 50);
+                    let b = t.cell_at((next() % 400) as i32, (next() % 300) as i32);
+                    t.selection = Some(Selection { anchor: a, end: b });
+                    let _ = t.selected_text();
+                }
+                _ => {}
+            }
+            t.render(&mut writer);
+            if writer.try_publish().is_some() {
+                let frame = reader.acquire().unwrap().expect("valid frame");
+                reader.release(frame);
+            }
+        }
+    }
+
+    #[test]
+    fn surface_smaller_than_a_cell() {
+        use shm_proto::{Geometry, SharedRegion};
+        let (_reader, fd) = SharedRegion::create(Geometry::new(4, 4, 8).unwrap()).unwrap();
+        let mut writer = FrameWriter::attach(fd).unwrap();
+        writer.resize(4, 4).unwrap();
+        let mut t = Terminal::new(Font::new(30, 96).unwrap(), ColorScheme::default(), 5, 4, 4);
+        t.process("\x1b[4mW\u{4e2d}".as_bytes());
+        t.render(&mut writer);
+        assert_eq!(t.grid_size(), (1, 1));
+    }
+
+    #[test]
+    fn queries_are_answered() {
+        let font = Font::new(12, 96).unwrap();
+        let mut t = Terminal::new(font, ColorScheme::default(), 10, 800, 600);
+        t.process(b"ab\x1b[6n\x1b[c\x1b[5n");
+        assert_eq!(t.take_replies(), b"\x1b[1;3R\x1b[?62;22c\x1b[0n");
+        assert!(t.take_replies().is_empty());
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             return 1;
         }
     };
-    let (settings, notes) = match Settings::from_params(&params) {
+    let (mut settings, notes) = match Settings::from_params(&params) {
         Ok(parsed) => parsed,
         Err(e) => {
             session.fail(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to SSH server: {e}")).await;
@@ -98,11 +98,51 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
         }
     };
     let (width, height) = clamp_size(&session, width, height);
-    let terminal = Terminal::new(font, settings.color_scheme.clone(), settings.scrollback, width, height);
+    let mut terminal = Terminal::new(font, settings.color_scheme.clone(), settings.scrollback, width, height);
+
+    // Like guacd: credentials that were not given are asked for in the terminal itself.
+    let mut shown = false;
+    let needs_passphrase = settings.passphrase.is_none()
+        && settings.private_key.as_deref().is_some_and(|key| {
+            matches!(russh::keys::decode_secret_key(key, None), Err(russh::keys::Error::KeyIsEncrypted))
+        });
+    if settings.username.is_none()
+        || (settings.password.is_none() && settings.private_key.is_none())
+        || needs_passphrase
+    {
+        if let Err(code) = show_terminal(&mut session, &terminal, &settings.hostname).await {
+            return code;
+        }
+        shown = true;
+        if settings.username.is_none() {
+            match prompt(&mut session, &mut terminal, "Login as: ", true).await {
+                Ok(name) => settings.username = Some(name),
+                Err(code) => return code,
+            }
+        }
+        if settings.password.is_none() && settings.private_key.is_none() {
+            match prompt(&mut session, &mut terminal, "Password: ", false).await {
+                Ok(password) => settings.password = Some(password),
+                Err(code) => return code,
+            }
+        }
+        if needs_passphrase {
+            match prompt(&mut session, &mut terminal, "Key passphrase: ", false).await {
+                Ok(passphrase) => settings.passphrase = Some(passphrase),
+                Err(code) => return code,
+            }
+        }
+    }
 
     let connected = {
         let connect = async {
             let addrs = resolve(&settings.hostname, settings.port).await?;
+            // Second lock-down step, before the first byte from the server: Landlock (TCP connect to the
+            // target's port only, no filesystem) and the seccomp allow-list. Everything the session needs
+            // later (font, key material, host keys) is already in memory.
+            let sandboxed = worker_common::sandbox(&worker_common::Policy::tcp_client(&addrs))
+                .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("Cannot sandbox the SSH worker: {e}")))?;
+            debug!(?sandboxed, "Sandboxed");
             let (cols, rows) = terminal.grid_size();
             ssh::connect(&settings, &addrs, cols, rows, terminal.pixel_size()).await
         };
@@ -146,13 +186,10 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
         }
     };
     info!(host = %settings.hostname, port = settings.port, width, height, "SSH session started");
-    if let Err(e) = session.frames.resize(width, height) {
-        session.fail(status::UPSTREAM_ERROR, format!("Surface: {e}")).await;
-        return EXIT_REPORTED;
-    }
-    let name = settings.hostname.clone();
-    if session.control.send(&FromWorker::Connected { width, height, name }).await.is_err() {
-        return 1;
+    if !shown {
+        if let Err(code) = show_terminal(&mut session, &terminal, &settings.hostname).await {
+            return code;
+        }
     }
     let (reader, writer) = connection.channel.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Out>(INPUT_QUEUE);
@@ -194,6 +231,74 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
     drop(connection.handle);
     let End::Exit(code) = end;
     code
+}
+
+/// Sizes the surface to the terminal and tells the supervisor that frames follow.
+async fn show_terminal(session: &mut WorkerSession, terminal: &Terminal, name: &str) -> Result<(), i32> {
+    let (width, height) = terminal.pixel_size();
+    if let Err(e) = session.frames.resize(width, height) {
+        session.fail(status::UPSTREAM_ERROR, format!("Surface: {e}")).await;
+        return Err(EXIT_REPORTED);
+    }
+    let name = name.to_string();
+    session.control.send(&FromWorker::Connected { width, height, name }).await.map_err(|_| 1)
+}
+
+/// Shows `text` and reads a line typed by the user (echoed when `echo`), before the SSH connection exists.
+async fn prompt(session: &mut WorkerSession, terminal: &mut Terminal, text: &str, echo: bool) -> Result<String, i32> {
+    let mut keys = KeyState { backspace: 127, ..KeyState::default() };
+    let mut line = String::new();
+    terminal.process(text.as_bytes());
+    let mut heartbeat = heartbeat_timer();
+    loop {
+        terminal.render(&mut session.frames);
+        session.publish().await.map_err(|_| 1)?;
+        tokio::select! {
+            message = session.control.recv::<ToWorker>() => match message {
+                Ok(Some(ToWorker::Key { keysym, pressed })) => {
+                    if keys.update_modifiers(keysym, pressed) || !pressed {
+                        continue;
+                    }
+                    match keysym {
+                        0xff0d | 0xff8d => {
+                            terminal.process(b"\r\n");
+                            return Ok(line);
+                        }
+                        0xff08 => {
+                            if line.pop().is_some() && echo {
+                                terminal.process(b"\x08 \x08");
+                            }
+                        }
+                        _ => {
+                            if let (Some(c), false) = (crate::keys::keysym_char(keysym), keys.ctrl) {
+                                if line.len() < 1024 {
+                                    line.push(c);
+                                    if echo {
+                                        terminal.process(c.to_string().as_bytes());
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                Ok(Some(ToWorker::Resize { width, height })) if width > 0 && height > 0 => {
+                    let (width, height) = clamp_size(session, width, height);
+                    if session.frames.resize(width, height).is_ok() {
+                        terminal.resize(width, height);
+                    }
+                }
+                Ok(Some(ToWorker::Heartbeat)) => session.control.send(&FromWorker::Heartbeat).await.map_err(|_| 1)?,
+                Ok(Some(ToWorker::Shutdown) | None) => return Err(0),
+                Ok(Some(_)) => {}
+                Err(error) if supervisor_gone(&error) => return Err(0),
+                Err(error) => {
+                    tracing::error!(%error, "Control channel failed");
+                    return Err(1);
+                }
+            },
+            _ = heartbeat.tick() => session.control.send(&FromWorker::Heartbeat).await.map_err(|_| 1)?,
+        }
+    }
 }
 
 /// The client's size, within the surface's capacity; guacd's 1024×768 when the client sent none.
@@ -275,6 +380,8 @@ impl Worker {
                 message = reader.wait() => match message {
                     Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
                         self.terminal.process(&data);
+                        let replies = self.terminal.take_replies();
+                        self.write(replies);
                         self.output_since_frame += data.len();
                         self.dirty = true;
                     }
@@ -487,11 +594,27 @@ impl Worker {
             self.write(bytes);
             return Ok(());
         }
-        if pressed & WHEEL_UP != 0 && self.terminal.scroll_view(WHEEL_ROWS) {
-            self.dirty = true;
-        }
-        if pressed & WHEEL_DOWN != 0 && self.terminal.scroll_view(-WHEEL_ROWS) {
-            self.dirty = true;
+        if screen.alternate_screen() {
+            // Full-screen applications (less, man) have no scrollback: the wheel moves their cursor, as
+            // xterm's alternateScroll does.
+            if !self.settings.read_only {
+                let arrow: &[u8] = match (pressed & (WHEEL_UP | WHEEL_DOWN), screen.application_cursor()) {
+                    (WHEEL_UP, true) => b"\x1bOA",
+                    (WHEEL_UP, false) => b"\x1b[A",
+                    (WHEEL_DOWN, true) => b"\x1bOB",
+                    (WHEEL_DOWN, false) => b"\x1b[B",
+                    _ => b"",
+                };
+                let bytes = arrow.repeat(WHEEL_ROWS as usize);
+                self.write(bytes);
+            }
+        } else {
+            if pressed & WHEEL_UP != 0 && self.terminal.scroll_view(WHEEL_ROWS) {
+                self.dirty = true;
+            }
+            if pressed & WHEEL_DOWN != 0 && self.terminal.scroll_view(-WHEEL_ROWS) {
+                self.dirty = true;
+            }
         }
         if pressed & BUTTON_LEFT != 0 {
             self.press_cell = Some(cell);
@@ -531,7 +654,9 @@ impl Worker {
         let data = &text.as_bytes()[..end];
         let mut chunks = data.chunks(CLIPBOARD_CHUNK).peekable();
         if chunks.peek().is_none() {
-            return self.send(&FromWorker::Clipboard { mimetype: "text/plain".into(), data: Vec::new(), last: true }).await;
+            return self
+                .send(&FromWorker::Clipboard { mimetype: "text/plain".into(), data: Vec::new(), last: true })
+                .await;
         }
         while let Some(chunk) = chunks.next() {
             let last = chunks.peek().is_none();

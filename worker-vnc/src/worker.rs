@@ -182,6 +182,11 @@ async fn connect(settings: &Settings, config: ClientConfig) -> Result<Connection
             Some(addrs) => connect_once(settings, addrs, config.clone()).await,
             None => match resolve(&settings.hostname, settings.port).await {
                 Ok(addrs) => {
+                    // Before the first byte from the server: Landlock (this port only, no files) and
+                    // the seccomp allow-list. Irreversible; applied once, retries reuse `addrs`.
+                    if let Err(e) = worker_common::sandbox(&worker_common::Policy::tcp_client(&addrs)) {
+                        return Err(Failure::new(status::UPSTREAM_ERROR, format!("cannot apply the sandbox: {e}")));
+                    }
                     let result = connect_once(settings, &addrs, config.clone()).await;
                     addresses = Some(addrs);
                     result
