@@ -13,7 +13,7 @@ log() { echo "demo.sh: $*" >&2; }
 
 scripts/peers.sh install nasm
 scripts/web-deps.sh
-command -v cargo >/dev/null || { log "error: cargo not found; install a Rust toolchain (Rust >= 1.85)"; exit 1; }
+command -v cargo >/dev/null || { log "error: cargo not found; install a Rust toolchain (Rust >= 1.89)"; exit 1; }
 PROFILE=${GUACR_DEMO_PROFILE:-release}
 log "building ($PROFILE)"
 cargo build --profile "$PROFILE" --workspace --bins

@@ -19,7 +19,7 @@ scripts/peers.sh install nasm chromium xclip openssl
 scripts/setup.sh
 
 if ! command -v cargo >/dev/null 2>&1; then
-  log "error: cargo not found; install a Rust toolchain (rustup, Rust >= 1.85) and put cargo on PATH"
+  log "error: cargo not found; install a Rust toolchain (rustup, Rust >= 1.89) and put cargo on PATH"
   exit 1
 fi
 log "$(cargo --version)"
