@@ -102,6 +102,17 @@ fn child_main() {
             frames.mark_dirty(Rect::new(0, 0, WIDTH, 1));
             if let Some(seq) = frames.try_publish() {
                 control.send(&FromWorker::Published { seq }).await.unwrap();
+            } else if k % 3 == 0 {
+                // Every third iteration waits for the supervisor instead of coalescing, so that the
+                // reader checks well over a thousand frames however loaded the machine is.
+                while let Some(message) = control.recv::<ToWorker>().await.unwrap() {
+                    if matches!(message, ToWorker::Consumed { .. }) {
+                        if let Some(seq) = frames.try_publish() {
+                            control.send(&FromWorker::Published { seq }).await.unwrap();
+                            break;
+                        }
+                    }
+                }
             }
         }
         // Flush what is still pending once the supervisor releases the front.
@@ -187,6 +198,6 @@ fn thousands_of_frames_are_never_torn() {
         (acquired, model_k)
     });
     assert_eq!(iterations_seen, ITERATIONS, "the last frame must arrive");
-    assert!(frames_acquired > 100, "only {frames_acquired} frames acquired");
+    assert!(frames_acquired >= ITERATIONS / 3, "only {frames_acquired} frames acquired");
     eprintln!("{frames_acquired} frames acquired for {ITERATIONS} iterations");
 }

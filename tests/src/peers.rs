@@ -208,7 +208,7 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "not accepting connections")]
+    #[should_panic(expected = "is not listening")]
     fn require_up_panics_on_a_closed_port() {
         // Bind then drop: the port is (almost certainly) closed afterwards.
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
