@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 pub mod sandbox;
-pub use sandbox::{resolve, sandbox, LandlockLevel, Policy, SandboxError, Sandboxed};
+pub use sandbox::{resolve, resolve_off_thread, sandbox, LandlockLevel, Policy, SandboxError, Sandboxed};
 
 use nix::sys::resource::{setrlimit, Resource};
 use shm_proto::{ControlChannel, FrameWriter, FromWorker, ShmError, ToWorker};
@@ -148,6 +148,38 @@ impl WorkerSession {
         tracing::error!(status, %message, "Session failed");
         let _ = self.control.send(&FromWorker::Failed { status, message }).await;
     }
+}
+
+/// The whole `main` of a worker binary: arguments, logging, lock-down before anything else, then `run` on a
+/// single-threaded runtime (the sandbox requires one thread); exits with what `run` returns.
+pub fn run_worker<F, Fut>(program: &str, run: F) -> !
+where
+    F: FnOnce(WorkerArgs) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
+    let args = match WorkerArgs::from_env() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            std::process::exit(EXIT_USAGE);
+        }
+    };
+    init_logging(&args.log_level);
+    // Before any network activity: the remote server is hostile.
+    if let Err(error) = lockdown(&args) {
+        tracing::error!(%error, "Lock-down failed");
+        std::process::exit(1);
+    }
+    // I/O and timers only: no signal or process driver, whose self-pipe would be one more descriptor.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_io().enable_time().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "Cannot start the runtime");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(run(args));
+    std::process::exit(code)
 }
 
 /// Exit code for a worker that ended because of an error it already reported.

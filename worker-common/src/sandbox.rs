@@ -78,6 +78,8 @@ pub enum SandboxError {
     NoAddress { host: String },
     #[error("reading /proc/self/status: {0}")]
     Proc(std::io::Error),
+    #[error("cannot start the resolver thread: {0}")]
+    ResolverThread(std::io::Error),
 }
 
 /// Resolves `host:port` before the sandbox goes up (afterwards nothing in `/etc` can be read).
@@ -90,6 +92,23 @@ pub fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, SandboxError> {
         return Err(SandboxError::NoAddress { host: host.to_string() });
     }
     Ok(addrs)
+}
+
+/// [`resolve`] on a short-lived thread, so a slow lookup never stalls the caller's event loop (it keeps
+/// answering heartbeats). The thread is joined before this returns: the process is single-threaded
+/// again, as [`sandbox`] requires.
+pub async fn resolve_off_thread(host: &str, port: u16) -> Result<Vec<SocketAddr>, SandboxError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let name = host.to_string();
+    let lookup = std::thread::Builder::new()
+        .name("resolve".into())
+        .spawn(move || {
+            let _ = tx.send(resolve(&name, port));
+        })
+        .map_err(SandboxError::ResolverThread)?;
+    let result = rx.await;
+    let _ = lookup.join();
+    result.unwrap_or_else(|_| Err(SandboxError::NoAddress { host: host.to_string() }))
 }
 
 /// Applies Landlock and the seccomp allow-list to the whole (single-threaded) process. Irreversible.

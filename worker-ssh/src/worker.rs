@@ -9,7 +9,7 @@
 //!    control messages (Ctrl-C) keep flowing while output floods. Keystrokes go to the server through a
 //!    writer task, so a server that stops reading never blocks this loop.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use russh::ChannelMsg;
@@ -319,28 +319,11 @@ fn heartbeat_timer() -> tokio::time::Interval {
     heartbeat
 }
 
-/// Resolves the host name on a short-lived thread that is joined afterwards (the process is
-/// single-threaded again before the sandbox goes up).
+/// Resolves before the sandbox goes up (afterwards nothing in `/etc` can be read).
 async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let name = host.to_string();
-    let lookup = std::thread::Builder::new()
-        .name("resolve".into())
-        .spawn(move || {
-            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Iterator::collect::<Vec<_>>));
-        })
-        .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("cannot start the resolver: {e}")))?;
-    let result = rx.await;
-    let _ = lookup.join();
-    let unreachable = |detail: String| {
-        Failure::new(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to SSH server {host}:{port}: {detail}"))
-    };
-    match result {
-        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
-        Ok(Ok(_)) => Err(unreachable("the name has no address".into())),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable("the resolver failed".into())),
-    }
+    worker_common::resolve_off_thread(host, port).await.map_err(|e| {
+        Failure::new(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to SSH server {host}:{port}: {e}"))
+    })
 }
 
 struct Worker {

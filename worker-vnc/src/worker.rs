@@ -8,7 +8,7 @@
 //!    publishes a frame if the supervisor released the previous one, otherwise damage accumulates until
 //!    `Consumed` arrives.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use shm_proto::control::{CLIPBOARD_CHUNK, MAX_CURSOR_SIDE};
@@ -208,29 +208,11 @@ async fn connect(settings: &Settings, config: ClientConfig) -> Result<Connection
     }
 }
 
-/// Resolves the host name on a short-lived thread (the lookup may block; the control loop keeps
-/// answering meanwhile), joined afterwards so the process is single-threaded again: a sandbox that
-/// forbids reading `/etc` can then go up before the first connection.
+/// Resolves before the sandbox goes up (afterwards nothing in `/etc` can be read).
 async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let name = host.to_string();
-    let lookup = std::thread::Builder::new()
-        .name("resolve".into())
-        .spawn(move || {
-            let _ = tx.send((name.as_str(), port).to_socket_addrs().map(Iterator::collect::<Vec<_>>));
-        })
-        .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("cannot start the resolver: {e}")))?;
-    let result = rx.await;
-    let _ = lookup.join();
-    let unreachable = |detail: String| {
-        Failure::new(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to VNC server {host}:{port}: {detail}"))
-    };
-    match result {
-        Ok(Ok(addrs)) if !addrs.is_empty() => Ok(addrs),
-        Ok(Ok(_)) => Err(unreachable("the name has no address".into())),
-        Ok(Err(e)) => Err(unreachable(e.to_string())),
-        Err(_) => Err(unreachable("the resolver failed".into())),
-    }
+    worker_common::resolve_off_thread(host, port).await.map_err(|e| {
+        Failure::new(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to VNC server {host}:{port}: {e}"))
+    })
 }
 
 async fn connect_once(settings: &Settings, addrs: &[SocketAddr], config: ClientConfig) -> Result<Connection, Failure> {

@@ -16,17 +16,13 @@ use shm_proto::layout::{
     OFF_PUBLISHED, OFF_SLOTS, SLOT_DAMAGE_COUNT, SLOT_FLAGS, SLOT_HEIGHT, SLOT_SEQ, SLOT_SIZE, SLOT_WIDTH,
 };
 use shm_proto::{FromWorker, Rect, ToWorker};
-use worker_common::{WorkerArgs, WorkerSession};
+use worker_common::WorkerSession;
 
 fn main() {
-    let args = WorkerArgs::from_env().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(worker_common::EXIT_USAGE)
-    });
-    worker_common::init_logging(&args.log_level);
-    worker_common::lockdown(&args).expect("lockdown");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(attack());
+    worker_common::run_worker("guacr-worker-hostile", |_args| async {
+        attack().await;
+        0
+    })
 }
 
 async fn attack() {

@@ -20,17 +20,13 @@ use std::time::Duration;
 use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType};
 use nix::unistd::Pid;
 use shm_proto::{FromWorker, Rect, ToWorker};
-use worker_common::{Policy, WorkerArgs, WorkerSession};
+use worker_common::{Policy, WorkerSession};
 
 fn main() {
-    let args = WorkerArgs::from_env().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(worker_common::EXIT_USAGE)
-    });
-    worker_common::init_logging(&args.log_level);
-    worker_common::lockdown(&args).expect("lockdown");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    runtime.block_on(run());
+    worker_common::run_worker("guacr-worker-selfcheck", |_args| async {
+        run().await;
+        0
+    })
 }
 
 async fn run() {
