@@ -12,12 +12,16 @@ cd "$REPO"
 log() { echo "demo.sh: $*" >&2; }
 
 scripts/peers.sh install nasm
+# The unprivileged user guacr's workers run as when guacr runs as root.
+scripts/setup.sh
 scripts/web-deps.sh
 command -v cargo >/dev/null || { log "error: cargo not found; install a Rust toolchain (Rust >= 1.89)"; exit 1; }
 PROFILE=${GUACR_DEMO_PROFILE:-release}
-log "building ($PROFILE)"
+CARGO_TARGET_DIR=$(scripts/target-dir.sh)
+export CARGO_TARGET_DIR
+log "building ($PROFILE) in $CARGO_TARGET_DIR"
 cargo build --profile "$PROFILE" --workspace --bins
-BIN=target/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
+BIN=$CARGO_TARGET_DIR/$([[ $PROFILE == dev ]] && echo debug || echo "$PROFILE")
 scripts/peers.sh start
 eval "$(scripts/peers.sh env)"
 

@@ -27,7 +27,10 @@ log "$(cargo --version)"
 # The web client's guacamole-common-js (npm), bundled into guacr by its build.
 scripts/web-deps.sh
 
-log "building all binaries"
+# Workers run as the unprivileged worker user: build where that user can reach the binaries.
+CARGO_TARGET_DIR=$(scripts/target-dir.sh)
+export CARGO_TARGET_DIR
+log "building all binaries in $CARGO_TARGET_DIR"
 cargo build --workspace --bins
 
 # shellcheck disable=SC2317  # called from the EXIT trap

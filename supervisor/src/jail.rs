@@ -62,6 +62,37 @@ pub fn init(worker_user: &str, limits: Limits) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Fails with a clear message when the worker user could not execute binaries in `dir`: some directory on
+/// the way is closed to it (a checkout under `/root` or a `mktemp -d` folder). Without this check every
+/// session would fail at exec with a bare "permission denied".
+pub fn check_reachable(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(identity) = identity() else { return Ok(()) };
+    let dir = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    for ancestor in dir.ancestors() {
+        let Ok(meta) = std::fs::metadata(ancestor) else { continue };
+        let mode = meta.mode();
+        let searchable = if meta.uid() == identity.uid {
+            mode & 0o100 != 0
+        } else if meta.gid() == identity.gid {
+            mode & 0o010 != 0
+        } else {
+            mode & 0o001 != 0
+        };
+        if !searchable {
+            anyhow::bail!(
+                "the worker binaries in {} are out of reach of the worker user (uid {}): {} is mode {:o}; \
+                 install guacr where every user can reach it, or point --worker-dir there",
+                dir.display(),
+                identity.uid,
+                ancestor.display(),
+                mode & 0o7777
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The identity to exec workers with; `None` when guacr is not root (workers share its uid and rely on
 /// their own sandbox, see SECURITY.md) or before [`init`].
 pub fn identity() -> Option<Identity> {

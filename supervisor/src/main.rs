@@ -93,6 +93,9 @@ fn run(config: Config) -> anyhow::Result<()> {
             cpu_percent: config.worker_cpu_percent,
         },
     )?;
+    if let Some(worker_dir) = config.worker_path("guacr-worker-vnc").parent() {
+        jail::check_reachable(worker_dir)?;
+    }
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -108,7 +111,8 @@ fn run(config: Config) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let listener = TcpListener::from_std(std_listener)?;
         info!(address = %bound, encoder_threads = threads, tls = tls.is_some(), "Guacamole proxy daemon (guacr) listening");
-        http::start(web, shared.clone())?;
+        // The WebSocket tunnel takes its places under the same limits as this entry.
+        http::start(web, shared.clone(), admission.clone())?;
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         loop {
             tokio::select! {
