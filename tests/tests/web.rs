@@ -1,5 +1,5 @@
 //! The HTTP entry end to end: guacr serves its web page, Debian's headless Chromium runs it with the real
-//! guacamole-common-js, and sessions reach the real VNC peers through `/websocket-tunnel`. The refusal
+//! guacamole-common-js, and sessions reach the real VNC peers and sshd through `/websocket-tunnel`. The refusal
 //! tests speak WebSocket and HTTP directly, as an attacker would.
 //!
 //! Needs the peers (`scripts/peers.sh start`), Chromium and xclip (`scripts/peers.sh install chromium
@@ -13,10 +13,12 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use guacr_tests::browser::Browser;
-use guacr_tests::peers::{self, VncPeer};
+use guacr_tests::peers::{self, SshPeer, VncPeer};
 use guacr_tests::web::{self, sign_token, unix_now, Tunnel, ACCESS_KEY, LIMITED_KEY, TOKEN_KEY};
 use guacr_tests::{artifact_dir, compare, x11_screenshot, GuacrProcess, RgbImage};
 use serde_json::json;
+use worker_ssh::font::Font;
+use worker_ssh::palette::GUACD_PALETTE;
 
 /// One browser at a time: each Chromium takes several hundred MB and a core while it starts.
 static BROWSER: Mutex<()> = Mutex::new(());
@@ -31,13 +33,22 @@ struct Setup {
 
 /// guacr with the HTTP entry on a free port and a configuration naming the three peers.
 fn setup() -> Setup {
+    setup_with(&[], "")
+}
+
+/// [`setup`] with more command-line arguments and more configuration (appended to the file).
+fn setup_with(args: &[&str], extra_config: &str) -> Setup {
     let all = [peers::changing(), peers::static_screen(), peers::typing()];
     for peer in &all {
         peer.require_up();
     }
     let dir = TempDir::new("web");
     let config = web::write_config(&dir.0, &all).expect("writing the configuration");
-    let guacr = GuacrProcess::builder().http().arg("--config").arg(&config).start().expect("starting guacr");
+    if !extra_config.is_empty() {
+        let mut file = std::fs::OpenOptions::new().append(true).open(&config).unwrap();
+        writeln!(file, "\n{extra_config}").unwrap();
+    }
+    let guacr = GuacrProcess::builder().http().arg("--config").arg(&config).args(args).start().expect("starting guacr");
     let http = guacr.http_addr().expect("HTTP entry");
     let (status, body) = http_get(http, "/vendor/guacamole-common.js", None);
     assert_eq!(
@@ -230,6 +241,215 @@ fn keys_typed_in_the_page_reach_the_xterm() {
     let shot = wait_page_matches_x_server(&mut browser, &peer.display, "typing");
     let pixel = shot.pixel((left + 1000.0) as u32, (top + 740.0) as u32);
     assert!(pixel.iter().zip(colour).all(|(a, b)| a.abs_diff(b) <= 4), "page pixel {pixel:?}, want {hex}");
+}
+
+/// A named connection `shell` to the sshd peer, with the test user's password.
+fn ssh_connection(peer: &SshPeer) -> String {
+    format!(
+        "[[connections]]\nname = \"shell\"\nprotocol = \"ssh\"\ndescription = \"sshd peer\"\n\
+         parameters = {{ hostname = \"{}\", port = {}, username = \"{}\", password = \"{}\" }}\n",
+        peer.host(),
+        peer.port(),
+        peer.username,
+        peer.password
+    )
+}
+
+/// The bounding box `(x, y, w, h)` of the pixels of exactly `color`, and how many there are.
+fn color_box(shot: &RgbImage, color: [u8; 3]) -> Option<((u32, u32, u32, u32), usize)> {
+    let (mut x0, mut y0, mut x1, mut y1, mut n) = (u32::MAX, u32::MAX, 0, 0, 0);
+    for y in 0..shot.height {
+        for x in 0..shot.width {
+            if shot.pixel(x, y) == color {
+                (x0, y0, x1, y1, n) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y), n + 1);
+            }
+        }
+    }
+    (n > 0).then(|| ((x0, y0, x1 - x0 + 1, y1 - y0 + 1), n))
+}
+
+#[test]
+fn page_opens_an_ssh_session_and_typed_text_reaches_the_shell() {
+    let _one = BROWSER.lock().unwrap_or_else(|e| e.into_inner());
+    let peer = peers::ssh();
+    peer.require_up();
+    let setup = setup_with(&[], &ssh_connection(&peer));
+    let mut browser = Browser::start().expect("starting chromium");
+    let url = format!("http://{}/#key={ACCESS_KEY}&connection=shell", setup.http);
+    browser.open(&url, VIEWPORT.0, VIEWPORT.1).expect("opening the page");
+    let connected = browser.wait_for(
+        "the SSH session to be connected",
+        "window.guacr && guacr.state === 3 && guacr.displaySize[0] > 0 && guacr.displaySize[1] > 0",
+        Duration::from_secs(20),
+    );
+    if let Err(e) = connected {
+        panic!("{e:#}\nconsole:\n{}\nguacr log:\n{}", browser.console(), setup.guacr.log_tail(40));
+    }
+    let title = browser.eval("document.getElementById('title').textContent").unwrap();
+    assert!(title.as_str().unwrap().starts_with("shell (ssh)"), "{title}");
+    // The terminal fills the page's display area (the page asked for that size), unscaled.
+    let size = browser.eval("guacr.displaySize").unwrap();
+    let area = browser
+        .eval(
+            "(() => { const a = document.getElementById('display-area'); return [a.clientWidth, a.clientHeight]; })()",
+        )
+        .unwrap();
+    assert_eq!(size, area, "terminal size vs the page's display area");
+    let (left, top, scale) = display_origin(&mut browser);
+    assert_eq!(scale, 1.0);
+    let (width, height) = (size[0].as_u64().unwrap() as u32, size[1].as_u64().unwrap() as u32);
+
+    // The terminal is visible: the shell's prompt (foreground pixels) on guacd's black background.
+    let (bg, fg, red) = (GUACD_PALETTE[0], GUACD_PALETTE[7], GUACD_PALETTE[1]);
+    let font = Font::new(12, 96).unwrap();
+    let (cw, ch) = (font.cell_width, font.cell_height);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let shot = browser.screenshot().expect("screenshot");
+        let terminal = shot.crop(left as u32, top as u32, width, height);
+        let background = terminal.count_color(bg, 0);
+        let prompt = terminal.crop(0, 0, width, ch).count_color(fg, 0);
+        if background > (width * height) as usize * 9 / 10 && prompt > 20 {
+            assert_eq!(shot.count_color(red, 0), 0, "no red before the command");
+            break;
+        }
+        if Instant::now() > deadline {
+            shot.save_png(artifact_dir().join("web-ssh-no-prompt.png")).unwrap();
+            panic!(
+                "no terminal with a prompt in the page ({background} background, {prompt} prompt pixels); \
+                 screenshot in {}; console:\n{}\nguacr log:\n{}",
+                artifact_dir().display(),
+                browser.console(),
+                setup.guacr.log_tail(40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    browser
+        .wait_for(
+            "keyboard focus on the display",
+            "document.activeElement.id === 'display-area'",
+            Duration::from_secs(5),
+        )
+        .unwrap();
+    // Let the prompt settle (bash draws it in pieces).
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Typed through the page's keyboard, run by the shell: ten red cells at the top left after `clear`.
+    browser.type_text("clear; printf '\\033[41m          \\033[0m\\n'\n", Duration::from_millis(15)).unwrap();
+    // (The display's CSS position may be fractional: its first device pixel is within one of it.)
+    let want = (left, top, 10 * cw, ch);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let shot = browser.screenshot().expect("screenshot");
+        let found = color_box(&shot, red);
+        let placed = |(x, y, w, h): (u32, u32, u32, u32)| {
+            (x as f64 - left).abs() <= 1.0 && (y as f64 - top).abs() <= 1.0 && (w, h) == (10 * cw, ch)
+        };
+        if found.is_some_and(|(area, n)| placed(area) && n == (10 * cw * ch) as usize) {
+            shot.save_png(artifact_dir().join("web-ssh-page.png")).unwrap();
+            break;
+        }
+        if Instant::now() > deadline {
+            shot.save_png(artifact_dir().join("web-ssh-page.png")).unwrap();
+            panic!(
+                "no red block of 10 cells ({cw}x{ch}) at the display's top left {want:?}: red pixels {found:?}; \
+                 screenshot in {}; console:\n{}\nguacr log:\n{}",
+                artifact_dir().display(),
+                browser.console(),
+                setup.guacr.log_tail(40)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, metrics) = http_get(setup.http, "/metrics", None);
+    assert!(metrics.contains("guacr_sessions_active{protocol=\"ssh\"} 1\n"), "{metrics}");
+    // The page's disconnect ends it.
+    browser.eval("document.getElementById('disconnect').click()").unwrap();
+    assert_eq!(browser.eval("document.getElementById('overlay-text').textContent").unwrap(), "You disconnected.");
+}
+
+/// An attempt on the TCP entry: `true` when guacr answers `select` with `args`, `false` on `error` 513.
+fn tcp_admitted(guacr: &GuacrProcess) -> bool {
+    let mut stream = TcpStream::connect(guacr.addr()).expect("connecting to the TCP entry");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(b"6.select,3.ssh;").unwrap();
+    let mut decoder = guac_proto::Decoder::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(instruction) = decoder.decode().expect("guacr speaks the protocol") {
+            match instruction.opcode() {
+                "args" => return true,
+                "error" => {
+                    assert_eq!(instruction.arg(1), Some("513"), "busy is 513: {instruction:?}");
+                    return false;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let n = stream.read(&mut buf).expect("an answer from the TCP entry");
+        assert!(n > 0, "the TCP entry closed without an answer");
+        decoder.feed(&buf[..n]);
+    }
+}
+
+#[test]
+fn websocket_tunnels_share_the_connection_limits() {
+    let peer = peers::ssh();
+    peer.require_up();
+    let setup = setup_with(&["--max-connections", "1"], "");
+    let token = sign_token(
+        TOKEN_KEY,
+        &json!({
+            "protocol": "ssh",
+            "parameters": {"hostname": peer.host(), "port": peer.port().to_string(), "username": peer.username,
+                           "password": peer.password},
+            "expiry": unix_now() + 300,
+        }),
+    );
+    let query = format!("token={}&width=800&height=600", web::query_escape(&token));
+
+    // One SSH session through the tunnel holds the only place ...
+    let mut held = Tunnel::open(setup.http, &query).expect("WebSocket upgrade");
+    let mut transcript = web::TunnelTranscript::default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !transcript.frames.iter().any(|f| f.contains("5.ready,")) {
+        assert!(Instant::now() < deadline, "the first tunnel was not admitted: {transcript:?}");
+        held.next_frame(Duration::from_secs(10), &mut transcript).unwrap().expect("open");
+    }
+
+    // ... so a second tunnel is refused with 513 before anything starts, and so is the TCP entry.
+    let workers = setup.guacr.worker_pids().len();
+    let mut second = Tunnel::open(setup.http, &query).expect("WebSocket upgrade");
+    let refused = second.read_to_close(Duration::from_secs(10)).expect("closed by the server");
+    assert_eq!(refused.close_status(), Some(513), "{refused:?}");
+    assert!(refused.frames.is_empty(), "nothing before the refusal: {refused:?}");
+    assert!(!tcp_admitted(&setup.guacr), "the TCP entry counts the tunnel's place");
+    assert_eq!(setup.guacr.worker_pids().len(), workers, "no worker for a refused tunnel");
+    let (_, metrics) = http_get(setup.http, "/metrics", None);
+    assert!(metrics.contains("guacr_tunnel_refusals_total{status=\"513\"} 1\n"), "{metrics}");
+
+    // The held session ends; its place is free again for a tunnel.
+    held.send("10.disconnect;").unwrap();
+    let rest = held.read_to_close(Duration::from_secs(10)).unwrap();
+    assert_eq!(rest.close_status(), Some(0), "{:?}", rest.close);
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut again = Tunnel::open(setup.http, &query).expect("WebSocket upgrade");
+        let mut transcript = web::TunnelTranscript::default();
+        match again.next_frame(Duration::from_secs(10), &mut transcript).unwrap() {
+            Some(first) => {
+                assert!(first.starts_with("0.,36."), "{first:?}");
+                break;
+            }
+            None => {
+                assert_eq!(transcript.close_status(), Some(513), "{transcript:?}");
+                assert!(Instant::now() < deadline, "the freed place was not given back");
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    }
 }
 
 /// `xclip` on the peer's X display: the X server's own clipboard, the truth for the clipboard test.

@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 
 use self::settings::{Overrides, WebSettings};
 use crate::config::Config;
+use crate::limits::ConnectionLimits;
 use crate::session::Shared;
 
 /// The HTTP entry, checked and bound before guacr detaches, not yet serving.
@@ -65,10 +66,13 @@ pub fn prepare(config: &Config) -> anyhow::Result<Prepared> {
 pub(crate) struct WebState {
     pub shared: Arc<Shared>,
     pub settings: WebSettings,
+    /// The TCP entry's connection limits: a tunnel holds a place for its whole life.
+    pub limits: Arc<ConnectionLimits>,
 }
 
-/// Starts serving on the runtime (returns at once).
-pub fn start(prepared: Prepared, shared: Arc<Shared>) -> anyhow::Result<()> {
+/// Starts serving on the runtime (returns at once). Tunnels count against `limits`, shared with the TCP
+/// entry.
+pub fn start(prepared: Prepared, shared: Arc<Shared>, limits: Arc<ConnectionLimits>) -> anyhow::Result<()> {
     let Some(listener) = prepared.listener else {
         info!("HTTP entry off (no web client, WebSocket tunnel or metrics)");
         return Ok(());
@@ -90,7 +94,7 @@ pub fn start(prepared: Prepared, shared: Arc<Shared>) -> anyhow::Result<()> {
     for protocol in crate::protocols::Protocol::ALL {
         shared.metrics.declare_protocol(protocol.name());
     }
-    let app = router(Arc::new(WebState { shared, settings }));
+    let app = router(Arc::new(WebState { shared, settings, limits }));
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             error!(error = %e, "HTTP entry failed");

@@ -7,6 +7,10 @@
 //! - the client's `0.,4.ping,<ms>;` is echoed back unchanged;
 //! - an error closes the socket with the Guacamole status code (decimal) as the close reason.
 //!
+//! A tunnel takes a place under the same connection limits as the TCP entry (`--max-connections`,
+//! `--max-connections-per-address`) before anything else, and holds it until the socket is gone; over a
+//! limit, the socket is closed with 513 (server busy) and nothing is spawned.
+//!
 //! The browser never sends `select` or `connect`: this endpoint decides the target from a signed token
 //! or a named connection, authorises it before anything is spawned, builds the `ConnectRequest` itself
 //! and then runs the same session code as the TCP entry (`spawn_worker` + `run_connected`).
@@ -243,6 +247,13 @@ pub(super) async fn endpoint(
         return (StatusCode::BAD_REQUEST, "this WebSocket endpoint speaks the \"guacamole\" subprotocol only\n")
             .into_response();
     }
+    // A place under the connection limits first, as on the TCP entry: held from before the upgrade until
+    // the tunnel's end (dropped with the upgrade's future if the upgrade never completes).
+    let Some(place) = state.limits.admit(peer.ip()) else {
+        state.shared.metrics.tunnel_refused(Status::ServerBusy.code());
+        warn!(%peer, "Connection limit reached; tunnel refused with 513");
+        return ws.on_upgrade(|socket| refuse(socket, Status::ServerBusy));
+    };
     let config = &state.shared.config;
     let admission =
         admit(&state.settings, query.as_deref().unwrap_or(""), unix_now(), (config.max_width, config.max_height));
@@ -250,7 +261,10 @@ pub(super) async fn endpoint(
         state.shared.metrics.tunnel_refused(refusal.status.code());
         info!(%peer, status = refusal.status.code(), reason = %refusal.detail, "Tunnel request refused");
     }
+    // A refused request gives its place back at once.
+    let place = admission.is_ok().then_some(place);
     ws.on_upgrade(move |socket| async move {
+        let _place = place;
         match admission {
             Ok(admission) => run_tunnel(socket, admission, peer, state).await,
             Err(refusal) => refuse(socket, refusal.status).await,
@@ -483,6 +497,30 @@ mod tests {
         assert_eq!(request.params[0].0, "hostname");
         assert_eq!((request.width, request.height, request.dpi), (1280, 700, 120));
         assert_eq!(request.timezone.as_deref(), Some("Europe/Paris"));
+    }
+
+    #[test]
+    fn ssh_tokens_give_ssh_parameters_in_args_order() {
+        let payload = TokenPayload {
+            protocol: "ssh".into(),
+            parameters: [("hostname", "127.0.0.1"), ("port", "2222"), ("username", "u"), ("password", "p")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            expiry: 2000,
+            read_only: false,
+            join: None,
+        };
+        let token = sign(&payload, &TokenKey::new(KEY.as_bytes()).unwrap());
+        let admission = admit(&settings(), &format!("token={token}"), 1000, (3840, 2160)).unwrap();
+        assert_eq!(admission.protocol, Protocol::Ssh);
+        let request = admission.request;
+        assert_eq!(request.selection, Selection::Protocol("ssh".into()));
+        let names: Vec<&str> = request.params.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, Protocol::Ssh.parameter_names());
+        assert_eq!(request.param("port"), Some("2222"));
+        assert_eq!(request.param("username"), Some("u"));
+        assert_eq!(request.param("password"), Some("p"));
     }
 
     #[test]
