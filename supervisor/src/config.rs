@@ -76,13 +76,18 @@ pub struct Config {
     /// CPU share of each session's worker in percent of one core (cgroup v2 `cpu.max`, where available).
     #[arg(long, default_value_t = 100)]
     pub worker_cpu_percent: u32,
-    /// Most client connections open at once; more are answered 513 (server busy). 0: no limit.
+    /// Most client connections open at once, TCP entry and WebSocket tunnels together; more are answered
+    /// 513 (server busy). 0: no limit.
     #[arg(long, default_value_t = 1024)]
     pub max_connections: usize,
     /// Most client connections open at once from one address (0: no limit; guacamole-client connects
     /// from a single address, so the default is off).
     #[arg(long, default_value_t = 0)]
     pub max_connections_per_address: usize,
+    /// Bytes of output queued for one client before its session stops taking frames from the worker
+    /// (which then coalesces its changes). A client that takes nothing for 15 s is dropped either way.
+    #[arg(long, default_value_t = crate::client::DEFAULT_QUEUE_BYTES)]
+    pub client_queue_bytes: usize,
 }
 
 /// guacr's subcommands; without one, guacr serves.

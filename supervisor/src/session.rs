@@ -138,6 +138,7 @@ pub(crate) async fn run_connected(
     connection_id: &str,
     shared: &Shared,
 ) -> Result<(), SessionEnd> {
+    writer.set_queue_cap(shared.config.client_queue_bytes);
     // guacd sends `ready` before it looks at the values; so do we.
     let mut out = BytesMut::new();
     encode(&mut out, "ready").str(connection_id).finish();
@@ -336,11 +337,22 @@ impl<'a> Session<'a> {
         let mut idle_frames = Some(frames);
         let mut encoding: Option<EncodeJob> = None;
         let worker_timeout = self.shared.config.worker_timeout();
+        let room = writer.room();
+        // Logged once a session: the first time the client's output queue holds a frame back.
+        let mut reported_backlog = false;
 
         loop {
-            // Start encoding the next frame when one is waiting, no encode runs and the client keeps up.
+            // Start encoding the next frame when one is waiting, no encode runs and the client keeps up:
+            // it echoes our `sync`s and its output queue is under its cap. Otherwise the frame stays in
+            // the worker's shared memory, where further changes coalesce into it: that is the
+            // backpressure; input, heartbeats and timers go on meanwhile.
             let mut throttle_until = None;
-            if self.frame_pending && encoding.is_none() {
+            let held_back = self.frame_pending && encoding.is_none() && writer.over_cap();
+            if held_back && !reported_backlog {
+                reported_backlog = true;
+                info!(queued = writer.queued(), "Client is behind its output; frames held back until it drains");
+            }
+            if self.frame_pending && encoding.is_none() && !held_back {
                 match self.client_lag_deadline() {
                     Some(until) => throttle_until = Some(until),
                     None => {
@@ -371,6 +383,8 @@ impl<'a> Session<'a> {
             .unwrap_or_else(Instant::now);
 
             tokio::select! {
+                failure = writer.failed() => return Err(failure.into()),
+                _ = room.drained(), if held_back => {}
                 instruction = reader.next() => {
                     let instruction = instruction?;
                     if !self.handle_client(&instruction, writer, control).await? {
@@ -416,7 +430,7 @@ impl<'a> Session<'a> {
                     self.display = Some(display);
                     let timestamp = now_millis();
                     encode(&mut out, "sync").uint(timestamp).uint(1).finish();
-                    writer.send(&out).await?;
+                    writer.send_frame(out.freeze())?;
                     self.shared.metrics.frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     self.unacked.push_back((timestamp, Instant::now()));
                     let seq = frame.seq;
