@@ -43,26 +43,15 @@ pub enum ClientError {
     Server { message: String, status: u32 },
     /// The connection closed (or could not be used) while waiting for something.
     #[error("connection closed while waiting for {waiting_for}: {reason}; {summary}")]
-    Closed {
-        waiting_for: String,
-        reason: String,
-        summary: String,
-    },
+    Closed { waiting_for: String, reason: String, summary: String },
     /// A wait ran out of time.
     #[error("timed out after {timeout:?} waiting for {waiting_for}; {summary}")]
-    Timeout {
-        waiting_for: String,
-        timeout: Duration,
-        summary: String,
-    },
+    Timeout { waiting_for: String, timeout: Duration, summary: String },
     /// The server's instructions made no sense for the handshake.
     #[error("protocol error: {0}")]
     Protocol(String),
     #[error("connecting to {addr}: {source}")]
-    Connect {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Connect { addr: SocketAddr, source: std::io::Error },
     #[error("sending: {0}")]
     Send(String),
 }
@@ -249,10 +238,7 @@ impl ClientState {
             self.closed
         );
         if let Some(r) = &self.close_reason {
-            s.push_str(&format!(
-                " ({r}, {:?} after connect)",
-                self.closed_at.map(|t| t - self.connected_at)
-            ));
+            s.push_str(&format!(" ({r}, {:?} after connect)", self.closed_at.map(|t| t - self.connected_at)));
         }
         if let Some(e) = self.last_error() {
             s.push_str(&format!(" last_error=[{} {:?}]", e.status, e.message));
@@ -267,16 +253,10 @@ impl ClientState {
             s.push_str(&format!(" write_error={e:?}"));
         }
         if !self.image_errors.is_empty() {
-            s.push_str(&format!(
-                " image_errors={:?}",
-                &self.image_errors[..self.image_errors.len().min(3)]
-            ));
+            s.push_str(&format!(" image_errors={:?}", &self.image_errors[..self.image_errors.len().min(3)]));
         }
         if !self.malformed.is_empty() {
-            s.push_str(&format!(
-                " malformed={:?}",
-                &self.malformed[..self.malformed.len().min(3)]
-            ));
+            s.push_str(&format!(" malformed={:?}", &self.malformed[..self.malformed.len().min(3)]));
         }
         let tail: Vec<String> = self
             .log
@@ -329,17 +309,11 @@ impl ClientState {
         }
     }
 
-    fn apply_inner(
-        &mut self,
-        ins: &Instruction,
-        at: Instant,
-        replies: &mut BytesMut,
-    ) -> Result<(), String> {
+    fn apply_inner(&mut self, ins: &Instruction, at: Instant, replies: &mut BytesMut) -> Result<(), String> {
         let s = |i: usize| ins.arg(i).ok_or_else(|| format!("missing argument {i}"));
         let int = |i: usize| -> Result<i64, String> {
             let v = s(i)?;
-            v.parse::<i64>()
-                .map_err(|_| format!("argument {i} {v:?} is not an integer"))
+            v.parse::<i64>().map_err(|_| format!("argument {i} {v:?} is not an integer"))
         };
         let u32_arg = |i: usize| -> Result<u32, String> {
             let v = int(i)?;
@@ -388,30 +362,22 @@ impl ClientState {
                 let index = int(0)?;
                 let data = s(1)?;
                 let Some(stream) = self.open_streams.get_mut(&index) else {
-                    self.image_errors
-                        .push(format!("blob for unknown stream {index}"));
+                    self.image_errors.push(format!("blob for unknown stream {index}"));
                     return Ok(());
                 };
                 match base64::engine::general_purpose::STANDARD.decode(data) {
                     Ok(bytes) => stream.data.extend_from_slice(&bytes),
-                    Err(e) => self
-                        .image_errors
-                        .push(format!("stream {index}: bad base64: {e}")),
+                    Err(e) => self.image_errors.push(format!("stream {index}: bad base64: {e}")),
                 }
                 stream.blobs += 1;
                 if self.auto_ack {
-                    guac_proto::encode_instruction(
-                        replies,
-                        "ack",
-                        &[&index.to_string(), "OK", "0"],
-                    );
+                    guac_proto::encode_instruction(replies, "ack", &[&index.to_string(), "OK", "0"]);
                 }
             }
             "end" => {
                 let index = int(0)?;
                 let Some(mut stream) = self.open_streams.remove(&index) else {
-                    self.image_errors
-                        .push(format!("end for unknown stream {index}"));
+                    self.image_errors.push(format!("end for unknown stream {index}"));
                     return Ok(());
                 };
                 stream.ended = true;
@@ -427,12 +393,7 @@ impl ClientState {
                 self.display.copy(src, sx, sy, w, h, mode, dst, dx, dy);
             }
             "rect" => {
-                let r = Rect {
-                    x: int(1)?,
-                    y: int(2)?,
-                    w: int(3)?,
-                    h: int(4)?,
-                };
+                let r = Rect { x: int(1)?, y: int(2)?, w: int(3)?, h: int(4)? };
                 self.display.rect(int(0)?, r);
             }
             "cfill" => {
@@ -441,15 +402,7 @@ impl ClientState {
                 self.display.cfill(mode, layer, rgba);
             }
             "cursor" => {
-                let (hx, hy, src, sx, sy, w, h) = (
-                    int(0)?,
-                    int(1)?,
-                    int(2)?,
-                    int(3)?,
-                    int(4)?,
-                    int(5)?,
-                    int(6)?,
-                );
+                let (hx, hy, src, sx, sy, w, h) = (int(0)?, int(1)?, int(2)?, int(3)?, int(4)?, int(5)?, int(6)?);
                 self.display.set_cursor(hx, hy, src, sx, sy, w, h);
             }
             "dispose" => self.display.dispose(int(0)?),
@@ -473,27 +426,21 @@ impl ClientState {
             "error" => {
                 let message = s(0)?.to_owned();
                 let status = ins.arg(1).and_then(|v| v.parse().ok()).unwrap_or(u32::MAX);
-                self.errors.push(ServerError {
-                    message,
-                    status,
-                    at,
-                });
+                self.errors.push(ServerError { message, status, at });
             }
             "disconnect" => self.disconnect_received = Some(at),
             "nop" => self.nops += 1,
             "msg" => self.msgs.push(ins.args().map(str::to_owned).collect()),
             "required" => self.required.push(ins.args().map(str::to_owned).collect()),
-            "ack" => self.acks.push(Ack {
-                stream: s(0)?.to_owned(),
-                message: s(1)?.to_owned(),
-                status: s(2)?.to_owned(),
-            }),
+            "ack" => {
+                self.acks.push(Ack { stream: s(0)?.to_owned(), message: s(1)?.to_owned(), status: s(2)?.to_owned() })
+            }
             "mouse" => self.mouse = Some((int(0)?, int(1)?, int(2)?)),
             "name" => self.name = Some(s(0)?.to_owned()),
             // Known, nothing to draw: kept in the log only.
-            "set" | "filesystem" | "undefine" | "log" | "clip" | "push" | "pop" | "reset"
-            | "identity" | "transform" | "distort" | "arc" | "curve" | "line" | "close"
-            | "start" | "cstroke" | "lstroke" | "lfill" | "nest" | "key" | "touch" => {}
+            "set" | "filesystem" | "undefine" | "log" | "clip" | "push" | "pop" | "reset" | "identity"
+            | "transform" | "distort" | "arc" | "curve" | "line" | "close" | "start" | "cstroke" | "lstroke"
+            | "lfill" | "nest" | "key" | "touch" => {}
             _ => {
                 let rec = self.record(ins, at);
                 self.unknown.push(rec);
@@ -519,9 +466,7 @@ impl ClientState {
     fn finish_image(&mut self, stream: &StreamData) {
         // img stream mode layer mimetype x y
         let arg = |i: usize| stream.args.get(i).map(String::as_str).unwrap_or("");
-        let mode = arg(1)
-            .parse::<u32>()
-            .unwrap_or(crate::display::MODE_SRC_OVER);
+        let mode = arg(1).parse::<u32>().unwrap_or(crate::display::MODE_SRC_OVER);
         let layer = arg(2).parse::<i64>().unwrap_or(0);
         let mimetype = arg(3);
         let x = arg(4).parse::<i64>().unwrap_or(0);
@@ -604,8 +549,7 @@ impl HandshakeOptions {
     /// Adds parameters.
     pub fn params<K: AsRef<str>, V: AsRef<str>>(mut self, params: &[(K, V)]) -> Self {
         for (k, v) in params {
-            self.params
-                .push((k.as_ref().to_owned(), v.as_ref().to_owned()));
+            self.params.push((k.as_ref().to_owned(), v.as_ref().to_owned()));
         }
         self
     }
@@ -643,29 +587,15 @@ impl std::fmt::Debug for GuacClient {
 impl GuacClient {
     /// Connects (TCP, no TLS) and starts the background reader. Sends nothing yet.
     pub async fn connect(addr: SocketAddr) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(addr)
-            .await
-            .map_err(|source| ClientError::Connect { addr, source })?;
+        let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr, source })?;
         let _ = stream.set_nodelay(true);
-        let local = stream
-            .local_addr()
-            .map_err(|source| ClientError::Connect { addr, source })?;
+        let local = stream.local_addr().map_err(|source| ClientError::Connect { addr, source })?;
         let (rd, wr) = stream.into_split();
-        let shared = Arc::new(Shared {
-            state: Mutex::new(ClientState::new()),
-            changed: Notify::new(),
-        });
+        let shared = Arc::new(Shared { state: Mutex::new(ClientState::new()), changed: Notify::new() });
         let (tx, rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(reader_task(rd, shared.clone(), tx.clone()));
         let writer = tokio::spawn(writer_task(wr, rx, shared.clone()));
-        Ok(GuacClient {
-            shared,
-            out: tx,
-            reader,
-            writer,
-            peer: addr,
-            local,
-        })
+        Ok(GuacClient { shared, out: tx, reader, writer, peer: addr, local })
     }
 
     pub fn peer_addr(&self) -> SocketAddr {
@@ -691,9 +621,7 @@ impl GuacClient {
         width: u32,
         height: u32,
     ) -> Result<String, ClientError> {
-        let opts = HandshakeOptions::new(protocol)
-            .params(params)
-            .size(width, height);
+        let opts = HandshakeOptions::new(protocol).params(params).size(width, height);
         self.handshake_with(&opts).await
     }
 
@@ -701,8 +629,7 @@ impl GuacClient {
     pub async fn handshake_with(&mut self, opts: &HandshakeOptions) -> Result<String, ClientError> {
         let deadline = tokio::time::Instant::now() + opts.timeout;
         self.send("select", &[&opts.select]).await?;
-        self.wait_handshake_step(deadline, opts.timeout, "args", |s| s.arg_names.is_some())
-            .await?;
+        self.wait_handshake_step(deadline, opts.timeout, "args", |s| s.arg_names.is_some()).await?;
         let names = self.arg_names().unwrap_or_default();
         if opts.reject_unknown_params {
             for (k, _) in &opts.params {
@@ -715,11 +642,7 @@ impl GuacClient {
             }
         }
         let mut buf = BytesMut::new();
-        let (w, h, dpi) = (
-            opts.width.to_string(),
-            opts.height.to_string(),
-            opts.dpi.to_string(),
-        );
+        let (w, h, dpi) = (opts.width.to_string(), opts.height.to_string(), opts.dpi.to_string());
         guac_proto::encode_instruction(&mut buf, "size", &[&w, &h, &dpi]);
         fn strs(v: &[String]) -> Vec<&str> {
             v.iter().map(String::as_str).collect()
@@ -735,18 +658,12 @@ impl GuacClient {
         }
         let mut values: Vec<&str> = vec![&opts.version];
         for n in &names {
-            let v = opts
-                .params
-                .iter()
-                .rev()
-                .find(|(k, _)| k == n)
-                .map_or("", |(_, v)| v.as_str());
+            let v = opts.params.iter().rev().find(|(k, _)| k == n).map_or("", |(_, v)| v.as_str());
             values.push(v);
         }
         guac_proto::encode_instruction(&mut buf, "connect", &values);
         self.send_raw(&buf).await?;
-        self.wait_handshake_step(deadline, opts.timeout, "ready", |s| s.ready_id.is_some())
-            .await?;
+        self.wait_handshake_step(deadline, opts.timeout, "ready", |s| s.ready_id.is_some()).await?;
         Ok(self.state().ready_id.clone().unwrap_or_default())
     }
 
@@ -757,16 +674,11 @@ impl GuacClient {
         what: &str,
         f: impl Fn(&ClientState) -> bool,
     ) -> Result<(), ClientError> {
-        let r = self
-            .wait_inner(what, deadline, timeout, |s| f(s) || !s.errors.is_empty())
-            .await;
+        let r = self.wait_inner(what, deadline, timeout, |s| f(s) || !s.errors.is_empty()).await;
         let st = self.state();
         if let Some(e) = st.errors.first() {
             if !f(&st) {
-                return Err(ClientError::Server {
-                    message: e.message.clone(),
-                    status: e.status,
-                });
+                return Err(ClientError::Server { message: e.message.clone(), status: e.status });
             }
         }
         r
@@ -784,11 +696,7 @@ impl GuacClient {
 
     /// Waits until `f(state)` is true. Fails after `timeout`, or as soon as the connection is closed
     /// while `f` is still false, with a summary of the state in the error.
-    pub async fn wait_until<F: Fn(&ClientState) -> bool>(
-        &self,
-        timeout: Duration,
-        f: F,
-    ) -> Result<(), ClientError> {
+    pub async fn wait_until<F: Fn(&ClientState) -> bool>(&self, timeout: Duration, f: F) -> Result<(), ClientError> {
         self.wait_until_named("a condition", timeout, f).await
     }
 
@@ -799,8 +707,7 @@ impl GuacClient {
         timeout: Duration,
         f: F,
     ) -> Result<(), ClientError> {
-        self.wait_inner(what, tokio::time::Instant::now() + timeout, timeout, f)
-            .await
+        self.wait_inner(what, tokio::time::Instant::now() + timeout, timeout, f).await
     }
 
     async fn wait_inner<F: Fn(&ClientState) -> bool>(
@@ -832,25 +739,19 @@ impl GuacClient {
                 if f(&st) {
                     return Ok(());
                 }
-                return Err(ClientError::Timeout {
-                    waiting_for: what.to_owned(),
-                    timeout,
-                    summary: st.summary(),
-                });
+                return Err(ClientError::Timeout { waiting_for: what.to_owned(), timeout, summary: st.summary() });
             }
         }
     }
 
     /// Waits until at least `count` frames (`sync`) have arrived in total.
     pub async fn wait_frames(&self, count: u64, timeout: Duration) -> Result<(), ClientError> {
-        self.wait_until_named(&format!("{count} frames"), timeout, |s| s.frames >= count)
-            .await
+        self.wait_until_named(&format!("{count} frames"), timeout, |s| s.frames >= count).await
     }
 
     /// Waits until the server closes the connection.
     pub async fn wait_closed(&self, timeout: Duration) -> Result<(), ClientError> {
-        self.wait_until_named("the server to close the connection", timeout, |s| s.closed)
-            .await
+        self.wait_until_named("the server to close the connection", timeout, |s| s.closed).await
     }
 
     /// Number of frames (`sync`) so far.
@@ -897,9 +798,7 @@ impl GuacClient {
         self.out
             .send(Outgoing::Data(Bytes::copy_from_slice(data), Some(tx)))
             .map_err(|_| ClientError::Send("writer task ended".into()))?;
-        rx.await
-            .map_err(|_| ClientError::Send("writer task ended".into()))?
-            .map_err(ClientError::Send)
+        rx.await.map_err(|_| ClientError::Send("writer task ended".into()))?.map_err(ClientError::Send)
     }
 
     /// Sends one instruction.
@@ -911,11 +810,7 @@ impl GuacClient {
 
     /// `key keysym pressed`.
     pub async fn send_key(&self, keysym: u32, pressed: bool) -> Result<(), ClientError> {
-        self.send(
-            "key",
-            &[&keysym.to_string(), if pressed { "1" } else { "0" }],
-        )
-        .await
+        self.send("key", &[&keysym.to_string(), if pressed { "1" } else { "0" }]).await
     }
 
     /// Press and release of each character, in one write (keysyms as guacamole-common-js sends
@@ -943,17 +838,12 @@ impl GuacClient {
 
     /// `mouse x y mask` (mask bits: 1 left, 2 middle, 4 right, 8 wheel up, 16 wheel down).
     pub async fn send_mouse(&self, x: i32, y: i32, mask: u32) -> Result<(), ClientError> {
-        self.send(
-            "mouse",
-            &[&x.to_string(), &y.to_string(), &mask.to_string()],
-        )
-        .await
+        self.send("mouse", &[&x.to_string(), &y.to_string(), &mask.to_string()]).await
     }
 
     /// Runtime `size width height`.
     pub async fn send_size(&self, width: u32, height: u32) -> Result<(), ClientError> {
-        self.send("size", &[&width.to_string(), &height.to_string()])
-            .await
+        self.send("size", &[&width.to_string(), &height.to_string()]).await
     }
 
     /// `sync timestamp` (by hand, e.g. with auto sync off).
@@ -971,20 +861,12 @@ impl GuacClient {
     /// Half-closes the connection (TCP FIN) without sending anything.
     pub async fn close_write(&self) -> Result<(), ClientError> {
         let (tx, rx) = oneshot::channel();
-        self.out
-            .send(Outgoing::Shutdown(tx))
-            .map_err(|_| ClientError::Send("writer task ended".into()))?;
-        rx.await
-            .map_err(|_| ClientError::Send("writer task ended".into()))?
-            .map_err(ClientError::Send)
+        self.out.send(Outgoing::Shutdown(tx)).map_err(|_| ClientError::Send("writer task ended".into()))?;
+        rx.await.map_err(|_| ClientError::Send("writer task ended".into()))?.map_err(ClientError::Send)
     }
 }
 
-async fn reader_task(
-    mut rd: OwnedReadHalf,
-    shared: Arc<Shared>,
-    out: mpsc::UnboundedSender<Outgoing>,
-) {
+async fn reader_task(mut rd: OwnedReadHalf, shared: Arc<Shared>, out: mpsc::UnboundedSender<Outgoing>) {
     let mut decoder = Decoder::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
@@ -1040,11 +922,7 @@ fn close(shared: &Shared, at: Instant, reason: String) {
     shared.changed.notify_waiters();
 }
 
-async fn writer_task(
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    shared: Arc<Shared>,
-) {
+async fn writer_task(mut wr: OwnedWriteHalf, mut rx: mpsc::UnboundedReceiver<Outgoing>, shared: Arc<Shared>) {
     let mut keep_alive = tokio::time::interval(KEEP_ALIVE_INTERVAL);
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     keep_alive.tick().await; // the first tick is immediate
@@ -1127,23 +1005,13 @@ mod tests {
             i.args().map(str::to_owned).collect()
         }
 
-        async fn blob_image(
-            &mut self,
-            stream: &str,
-            layer: &str,
-            mime: &str,
-            x: &str,
-            y: &str,
-            data: &[u8],
-        ) {
+        async fn blob_image(&mut self, stream: &str, layer: &str, mime: &str, x: &str, y: &str, data: &[u8]) {
             self.send("img", &[stream, "14", layer, mime, x, y]).await;
             let b64 = base64::engine::general_purpose::STANDARD;
             // Two blobs, split on a multiple of 3 bytes, like guacd.
             let cut = (data.len() / 2) / 3 * 3;
-            self.send("blob", &[stream, &b64.encode(&data[..cut])])
-                .await;
-            self.send("blob", &[stream, &b64.encode(&data[cut..])])
-                .await;
+            self.send("blob", &[stream, &b64.encode(&data[..cut])]).await;
+            self.send("blob", &[stream, &b64.encode(&data[cut..])]).await;
             self.send("end", &[stream]).await;
         }
     }
@@ -1156,23 +1024,13 @@ mod tests {
 
     async fn accept(l: &TcpListener) -> FakeServer {
         let (stream, _) = l.accept().await.unwrap();
-        FakeServer {
-            stream,
-            decoder: Decoder::new(),
-        }
+        FakeServer { stream, decoder: Decoder::new() }
     }
 
     fn webp_8x8_green() -> Vec<u8> {
-        let rgba: Vec<u8> = [10u8, 200, 30, 255]
-            .iter()
-            .copied()
-            .cycle()
-            .take(8 * 8 * 4)
-            .collect();
+        let rgba: Vec<u8> = [10u8, 200, 30, 255].iter().copied().cycle().take(8 * 8 * 4).collect();
         let mut out = Vec::new();
-        image_webp::WebPEncoder::new(&mut out)
-            .encode(&rgba, 8, 8, image_webp::ColorType::Rgba8)
-            .unwrap();
+        image_webp::WebPEncoder::new(&mut out).encode(&rgba, 8, 8, image_webp::ColorType::Rgba8).unwrap();
         out
     }
 
@@ -1182,43 +1040,25 @@ mod tests {
         let server = tokio::spawn(async move {
             let mut s = accept(&l).await;
             assert_eq!(s.expect("select").await, ["vnc"]);
-            s.send(
-                "args",
-                &["VERSION_1_5_0", "hostname", "port", "password", "read-only"],
-            )
-            .await;
+            s.send("args", &["VERSION_1_5_0", "hostname", "port", "password", "read-only"]).await;
             assert_eq!(s.expect("size").await, ["64", "32", "96"]);
             s.expect("audio").await;
             s.expect("video").await;
-            assert_eq!(
-                s.expect("image").await,
-                ["image/png", "image/jpeg", "image/webp"]
-            );
+            assert_eq!(s.expect("image").await, ["image/png", "image/jpeg", "image/webp"]);
             assert_eq!(s.expect("timezone").await, ["UTC"]);
             assert_eq!(s.expect("name").await, ["test"]);
-            assert_eq!(
-                s.expect("connect").await,
-                ["VERSION_1_5_0", "127.0.0.1", "5902", "guacpass", ""]
-            );
+            assert_eq!(s.expect("connect").await, ["VERSION_1_5_0", "127.0.0.1", "5902", "guacpass", ""]);
             s.send("ready", &["$conn"]).await;
             s.send("size", &["0", "64", "32"]).await;
-            let png = crate::image::RgbImage::new(16, 16, [1, 2, 3])
-                .to_png()
-                .unwrap();
+            let png = crate::image::RgbImage::new(16, 16, [1, 2, 3]).to_png().unwrap();
             s.blob_image("1", "0", "image/png", "0", "0", &png).await;
-            let jpeg = base64::engine::general_purpose::STANDARD
-                .decode(JPEG_16X8_RED_BLUE)
-                .unwrap();
+            let jpeg = base64::engine::general_purpose::STANDARD.decode(JPEG_16X8_RED_BLUE).unwrap();
             s.blob_image("3", "-1", "image/jpeg", "0", "0", &jpeg).await;
-            s.send("copy", &["-1", "0", "0", "16", "8", "14", "0", "16", "0"])
-                .await;
-            s.blob_image("5", "0", "image/webp", "32", "0", &webp_8x8_green())
-                .await;
+            s.send("copy", &["-1", "0", "0", "16", "8", "14", "0", "16", "0"]).await;
+            s.blob_image("5", "0", "image/webp", "32", "0", &webp_8x8_green()).await;
             s.send("rect", &["0", "48", "16", "16", "16"]).await;
-            s.send("cfill", &["14", "0", "250", "250", "0", "255"])
-                .await;
-            s.send("cursor", &["1", "2", "-1", "0", "0", "4", "4"])
-                .await;
+            s.send("cfill", &["14", "0", "250", "250", "0", "255"]).await;
+            s.send("cursor", &["1", "2", "-1", "0", "0", "4", "4"]).await;
             s.send("frobnicate", &["1"]).await;
             s.send("sync", &["1234", "1"]).await;
             // Two blobs per image: six acks, then the sync echo.
@@ -1230,11 +1070,7 @@ mod tests {
         });
 
         let mut c = GuacClient::connect(addr).await.unwrap();
-        let params = [
-            ("hostname", "127.0.0.1"),
-            ("port", "5902"),
-            ("password", "guacpass"),
-        ];
+        let params = [("hostname", "127.0.0.1"), ("port", "5902"), ("password", "guacpass")];
         let id = c.handshake("vnc", &params, 64, 32).await.unwrap();
         assert_eq!(id, "$conn");
         assert_eq!(c.server_version().as_deref(), Some("VERSION_1_5_0"));
@@ -1253,16 +1089,8 @@ mod tests {
         assert_eq!((shot.width, shot.height), (64, 32));
         assert_eq!(shot.pixel(5, 5), [1, 2, 3]);
         let near = |a: [u8; 3], b: [u8; 3]| a.iter().zip(b).all(|(x, y)| x.abs_diff(y) <= 12);
-        assert!(
-            near(shot.pixel(16 + 2, 4), [200, 40, 30]),
-            "{:?}",
-            shot.pixel(18, 4)
-        );
-        assert!(
-            near(shot.pixel(16 + 13, 4), [20, 60, 220]),
-            "{:?}",
-            shot.pixel(29, 4)
-        );
+        assert!(near(shot.pixel(16 + 2, 4), [200, 40, 30]), "{:?}", shot.pixel(18, 4));
+        assert!(near(shot.pixel(16 + 13, 4), [20, 60, 220]), "{:?}", shot.pixel(29, 4));
         assert_eq!(shot.pixel(35, 4), [10, 200, 30]);
         assert_eq!(shot.pixel(50, 20), [250, 250, 0]);
         assert_eq!(shot.pixel(50, 5), [0, 0, 0]);
@@ -1307,16 +1135,10 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(200)).await;
         });
         let mut c = GuacClient::connect(addr).await.unwrap();
-        let e = c
-            .handshake("vnc", &[("hostnme", "x")], 1024, 768)
-            .await
-            .unwrap_err();
+        let e = c.handshake("vnc", &[("hostnme", "x")], 1024, 768).await.unwrap_err();
         assert!(matches!(e, ClientError::Protocol(_)), "{e}");
         let t = Instant::now();
-        let e = c
-            .wait_until(Duration::from_secs(30), |s| s.frames > 0)
-            .await
-            .unwrap_err();
+        let e = c.wait_until(Duration::from_secs(30), |s| s.frames > 0).await.unwrap_err();
         assert!(matches!(e, ClientError::Closed { .. }), "{e}");
         assert!(t.elapsed() < Duration::from_secs(5));
         assert!(e.to_string().contains("last instructions"), "{e}");
@@ -1331,10 +1153,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(10)).await;
         });
         let c = GuacClient::connect(addr).await.unwrap();
-        let e = c
-            .wait_until_named("frames", Duration::from_millis(300), |s| s.frames > 0)
-            .await
-            .unwrap_err();
+        let e = c.wait_until_named("frames", Duration::from_millis(300), |s| s.frames > 0).await.unwrap_err();
         assert!(matches!(e, ClientError::Timeout { .. }), "{e}");
         assert!(e.to_string().contains("nop"), "{e}");
     }

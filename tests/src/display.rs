@@ -80,12 +80,7 @@ impl Layer {
             return None;
         }
         let i = (y as usize * self.width as usize + x as usize) * 4;
-        Some([
-            self.rgba[i],
-            self.rgba[i + 1],
-            self.rgba[i + 2],
-            self.rgba[i + 3],
-        ])
+        Some([self.rgba[i], self.rgba[i + 1], self.rgba[i + 2], self.rgba[i + 3]])
     }
 
     /// The layer flattened onto black.
@@ -131,22 +126,12 @@ impl Layer {
         if x1 <= x0 || y1 <= y0 {
             return None;
         }
-        Some((
-            x0 as usize,
-            y0 as usize,
-            (x1 - x0) as usize,
-            (y1 - y0) as usize,
-        ))
+        Some((x0 as usize, y0 as usize, (x1 - x0) as usize, (y1 - y0) as usize))
     }
 
     /// Draws an RGBA image of `w` x `h` at (x, y) with a composite mode.
     pub fn draw_rgba(&mut self, x: i64, y: i64, w: u32, h: u32, src: &[u8], mode: u32) {
-        let r = Rect {
-            x,
-            y,
-            w: i64::from(w),
-            h: i64::from(h),
-        };
+        let r = Rect { x, y, w: i64::from(w), h: i64::from(h) };
         self.fit(r);
         let Some((cx, cy, cw, ch)) = self.clip(r) else {
             return;
@@ -246,13 +231,7 @@ impl Display {
     pub fn new() -> Self {
         let mut layers = BTreeMap::new();
         layers.insert(0, Layer::new(0));
-        Display {
-            layers,
-            cursor: None,
-            modes_seen: BTreeSet::new(),
-            images_drawn: BTreeMap::new(),
-            disposed: 0,
-        }
+        Display { layers, cursor: None, modes_seen: BTreeSet::new(), images_drawn: BTreeMap::new(), disposed: 0 }
     }
 
     /// The layer or buffer with this index, if it exists.
@@ -278,9 +257,7 @@ impl Display {
 
     /// Gets or creates a layer.
     pub fn layer_mut(&mut self, index: i64) -> &mut Layer {
-        self.layers
-            .entry(index)
-            .or_insert_with(|| Layer::new(index))
+        self.layers.entry(index).or_insert_with(|| Layer::new(index))
     }
 
     /// What the user sees: layer 0 with the visible layers above it (those whose parent chain reaches
@@ -298,11 +275,8 @@ impl Display {
         if depth > 16 {
             return;
         }
-        let mut children: Vec<(&i64, &Layer)> = self
-            .layers
-            .iter()
-            .filter(|(i, l)| **i > 0 && l.parent == parent)
-            .collect();
+        let mut children: Vec<(&i64, &Layer)> =
+            self.layers.iter().filter(|(i, l)| **i > 0 && l.parent == parent).collect();
         children.sort_by_key(|(i, l)| (l.z, **i));
         for (i, l) in children {
             if l.width == 0 || l.height == 0 || l.opacity == 0 {
@@ -328,31 +302,18 @@ impl Display {
     pub fn draw_image(&mut self, layer: i64, mode: u32, x: i64, y: i64, img: &DecodedImage) {
         self.note_mode(mode);
         *self.images_drawn.entry(img.mimetype.clone()).or_insert(0) += 1;
-        self.layer_mut(layer)
-            .draw_rgba(x, y, img.width, img.height, &img.rgba, mode);
+        self.layer_mut(layer).draw_rgba(x, y, img.width, img.height, &img.rgba, mode);
     }
 
     /// `copy src sx sy w h mode dst dx dy`, correct when source and destination overlap.
     #[allow(clippy::too_many_arguments)]
-    pub fn copy(
-        &mut self,
-        src: i64,
-        sx: i64,
-        sy: i64,
-        w: i64,
-        h: i64,
-        mode: u32,
-        dst: i64,
-        dx: i64,
-        dy: i64,
-    ) {
+    pub fn copy(&mut self, src: i64, sx: i64, sy: i64, w: i64, h: i64, mode: u32, dst: i64, dx: i64, dy: i64) {
         self.note_mode(mode);
         let Some(src_layer) = self.layers.get(&src) else {
             return;
         };
         // Copy out first (a temporary), then draw: overlapping self-copies behave like drawImage.
-        let Some((cx, cy, cw, ch, pixels)) = src_layer.read_rect(Rect { x: sx, y: sy, w, h })
-        else {
+        let Some((cx, cy, cw, ch, pixels)) = src_layer.read_rect(Rect { x: sx, y: sy, w, h }) else {
             return;
         };
         let dx = dx + (cx - sx);
@@ -386,22 +347,11 @@ impl Display {
     #[allow(clippy::too_many_arguments)]
     pub fn set_cursor(&mut self, hx: i64, hy: i64, src: i64, sx: i64, sy: i64, w: i64, h: i64) {
         let updates = self.cursor.as_ref().map_or(0, |c| c.updates) + 1;
-        let (width, height, rgba) = match self
-            .layers
-            .get(&src)
-            .and_then(|l| l.read_rect(Rect { x: sx, y: sy, w, h }))
-        {
+        let (width, height, rgba) = match self.layers.get(&src).and_then(|l| l.read_rect(Rect { x: sx, y: sy, w, h })) {
             Some((_, _, cw, ch, px)) => (cw, ch, px),
             None => (0, 0, Vec::new()),
         };
-        self.cursor = Some(CursorImage {
-            hotspot_x: hx,
-            hotspot_y: hy,
-            width,
-            height,
-            rgba,
-            updates,
-        });
+        self.cursor = Some(CursorImage { hotspot_x: hx, hotspot_y: hy, width, height, rgba, updates });
     }
 
     /// `dispose layer`: buffers and layers > 0 are removed; layer 0 is cleared to 0x0.
@@ -454,12 +404,7 @@ pub fn decode_image(mimetype: &str, data: &[u8]) -> Result<DecodedImage> {
         "image/webp" => decode_webp(data)?,
         other => bail!("unsupported image mimetype {other:?}"),
     };
-    Ok(DecodedImage {
-        mimetype: mimetype.to_owned(),
-        width,
-        height,
-        rgba,
-    })
+    Ok(DecodedImage { mimetype: mimetype.to_owned(), width, height, rgba })
 }
 
 /// PNG (any colour type and depth) to 8-bit RGBA.
@@ -558,37 +503,17 @@ mod tests {
     use super::*;
 
     fn solid(layer: &Layer) -> Vec<[u8; 4]> {
-        layer
-            .rgba
-            .chunks_exact(4)
-            .map(|p| [p[0], p[1], p[2], p[3]])
-            .collect()
+        layer.rgba.chunks_exact(4).map(|p| [p[0], p[1], p[2], p[3]]).collect()
     }
 
     #[test]
     fn rect_cfill_and_path_reset() {
         let mut d = Display::new();
         d.size_layer(0, 4, 2);
-        d.rect(
-            0,
-            Rect {
-                x: 0,
-                y: 0,
-                w: 2,
-                h: 2,
-            },
-        );
+        d.rect(0, Rect { x: 0, y: 0, w: 2, h: 2 });
         d.cfill(MODE_SRC_OVER, 0, [255, 0, 0, 255]);
         // New path after the fill: only the right half.
-        d.rect(
-            0,
-            Rect {
-                x: 2,
-                y: 0,
-                w: 5,
-                h: 5,
-            },
-        );
+        d.rect(0, Rect { x: 2, y: 0, w: 5, h: 5 });
         d.cfill(MODE_SRC_OVER, 0, [0, 0, 255, 255]);
         let px = solid(d.default_layer());
         assert_eq!(px[0], [255, 0, 0, 255]);
@@ -602,15 +527,7 @@ mod tests {
         let mut d = Display::new();
         d.size_layer(0, 5, 1);
         for x in 0..5u8 {
-            d.rect(
-                0,
-                Rect {
-                    x: i64::from(x),
-                    y: 0,
-                    w: 1,
-                    h: 1,
-                },
-            );
+            d.rect(0, Rect { x: i64::from(x), y: 0, w: 1, h: 1 });
             d.cfill(MODE_COPY, 0, [x, 0, 0, 255]);
         }
         // Shift right by one, overlapping.
@@ -627,15 +544,7 @@ mod tests {
     fn buffers_autosize_layers_clip() {
         let mut d = Display::new();
         d.size_layer(0, 2, 2);
-        d.rect(
-            -1,
-            Rect {
-                x: 3,
-                y: 1,
-                w: 2,
-                h: 2,
-            },
-        );
+        d.rect(-1, Rect { x: 3, y: 1, w: 2, h: 2 });
         d.cfill(MODE_SRC_OVER, -1, [9, 9, 9, 255]);
         let b = d.layer(-1).unwrap();
         assert_eq!((b.width, b.height), (5, 3));
@@ -649,26 +558,8 @@ mod tests {
     fn src_over_blends_alpha() {
         let mut l = Layer::new(0);
         l.resize(1, 1);
-        l.fill(
-            Rect {
-                x: 0,
-                y: 0,
-                w: 1,
-                h: 1,
-            },
-            [0, 0, 200, 255],
-            MODE_COPY,
-        );
-        l.fill(
-            Rect {
-                x: 0,
-                y: 0,
-                w: 1,
-                h: 1,
-            },
-            [200, 0, 0, 128],
-            MODE_SRC_OVER,
-        );
+        l.fill(Rect { x: 0, y: 0, w: 1, h: 1 }, [0, 0, 200, 255], MODE_COPY);
+        l.fill(Rect { x: 0, y: 0, w: 1, h: 1 }, [200, 0, 0, 128], MODE_SRC_OVER);
         let p = l.pixel(0, 0).unwrap();
         assert_eq!(p[3], 255);
         assert!((99..=101).contains(&p[0]), "{p:?}");
@@ -690,29 +581,13 @@ mod tests {
     fn resize_keeps_content_and_screenshot_composites_children() {
         let mut d = Display::new();
         d.size_layer(0, 4, 4);
-        d.rect(
-            0,
-            Rect {
-                x: 0,
-                y: 0,
-                w: 4,
-                h: 4,
-            },
-        );
+        d.rect(0, Rect { x: 0, y: 0, w: 4, h: 4 });
         d.cfill(MODE_COPY, 0, [10, 10, 10, 255]);
         d.size_layer(0, 6, 6);
         assert_eq!(d.pixel(3, 3), Some([10, 10, 10, 255]));
         assert_eq!(d.pixel(5, 5), Some([0, 0, 0, 0]));
         d.size_layer(1, 1, 1);
-        d.rect(
-            1,
-            Rect {
-                x: 0,
-                y: 0,
-                w: 1,
-                h: 1,
-            },
-        );
+        d.rect(1, Rect { x: 0, y: 0, w: 1, h: 1 });
         d.cfill(MODE_COPY, 1, [250, 0, 0, 255]);
         d.move_layer(1, 0, 2, 3, 1);
         let shot = d.screenshot();

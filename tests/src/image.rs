@@ -29,37 +29,21 @@ impl RgbImage {
         for _ in 0..n {
             pixels.extend_from_slice(&rgb);
         }
-        RgbImage {
-            width,
-            height,
-            pixels,
-        }
+        RgbImage { width, height, pixels }
     }
 
     /// Wraps raw RGB bytes; fails if the length does not match.
     pub fn from_raw(width: u32, height: u32, pixels: Vec<u8>) -> Result<Self> {
         let want = width as usize * height as usize * 3;
         if pixels.len() != want {
-            bail!(
-                "rgb buffer for {width}x{height} must be {want} bytes, got {}",
-                pixels.len()
-            );
+            bail!("rgb buffer for {width}x{height} must be {want} bytes, got {}", pixels.len());
         }
-        Ok(RgbImage {
-            width,
-            height,
-            pixels,
-        })
+        Ok(RgbImage { width, height, pixels })
     }
 
     /// The pixel at (x, y). Panics when out of bounds.
     pub fn pixel(&self, x: u32, y: u32) -> [u8; 3] {
-        assert!(
-            x < self.width && y < self.height,
-            "pixel ({x},{y}) outside {}x{}",
-            self.width,
-            self.height
-        );
+        assert!(x < self.width && y < self.height, "pixel ({x},{y}) outside {}x{}", self.width, self.height);
         let i = (y as usize * self.width as usize + x as usize) * 3;
         [self.pixels[i], self.pixels[i + 1], self.pixels[i + 2]]
     }
@@ -71,17 +55,13 @@ impl RgbImage {
 
     /// Number of pixels within `tolerance` (per channel) of `rgb`.
     pub fn count_color(&self, rgb: [u8; 3], tolerance: u8) -> usize {
-        self.iter_pixels()
-            .filter(|p| channel_delta(*p, rgb) <= tolerance)
-            .count()
+        self.iter_pixels().filter(|p| channel_delta(*p, rgb) <= tolerance).count()
     }
 
     /// Number of distinct colours.
     pub fn distinct_colors(&self) -> usize {
-        let mut v: Vec<u32> = self
-            .iter_pixels()
-            .map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2]))
-            .collect();
+        let mut v: Vec<u32> =
+            self.iter_pixels().map(|p| u32::from(p[0]) << 16 | u32::from(p[1]) << 8 | u32::from(p[2])).collect();
         v.sort_unstable();
         v.dedup();
         v.len()
@@ -100,11 +80,7 @@ impl RgbImage {
             let start = (row as usize * self.width as usize + x0 as usize) * 3;
             pixels.extend_from_slice(&self.pixels[start..start + cw as usize * 3]);
         }
-        RgbImage {
-            width: cw,
-            height: ch,
-            pixels,
-        }
+        RgbImage { width: cw, height: ch, pixels }
     }
 
     /// Encodes as PNG.
@@ -125,19 +101,15 @@ impl RgbImage {
         let path = path.as_ref();
         if let Some(dir) = path.parent() {
             if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
             }
         }
         let f = File::create(path).with_context(|| format!("creating {}", path.display()))?;
         let mut enc = png::Encoder::new(BufWriter::new(f), self.width, self.height);
         enc.set_color(png::ColorType::Rgb);
         enc.set_depth(png::BitDepth::Eight);
-        let mut w = enc
-            .write_header()
-            .with_context(|| format!("writing {}", path.display()))?;
-        w.write_image_data(&self.pixels)
-            .with_context(|| format!("writing {}", path.display()))?;
+        let mut w = enc.write_header().with_context(|| format!("writing {}", path.display()))?;
+        w.write_image_data(&self.pixels).with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 
@@ -159,19 +131,11 @@ pub(crate) fn rgba_to_rgb_over_black(width: u32, height: u32, rgba: &[u8]) -> Rg
             pixels.push(((u32::from(*c) * a + 127) / 255) as u8);
         }
     }
-    RgbImage {
-        width,
-        height,
-        pixels,
-    }
+    RgbImage { width, height, pixels }
 }
 
 fn channel_delta(a: [u8; 3], b: [u8; 3]) -> u8 {
-    a.iter()
-        .zip(b.iter())
-        .map(|(x, y)| x.abs_diff(*y))
-        .max()
-        .unwrap_or(0)
+    a.iter().zip(b.iter()).map(|(x, y)| x.abs_diff(*y)).max().unwrap_or(0)
 }
 
 /// The result of [`compare`].
@@ -253,11 +217,7 @@ pub fn compare(a: &RgbImage, b: &RgbImage, tolerance: u8) -> Diff {
     Diff {
         differing_pixels: differing,
         max_channel_delta: max_delta,
-        fraction: if total == 0 {
-            0.0
-        } else {
-            differing as f64 / total as f64
-        },
+        fraction: if total == 0 { 0.0 } else { differing as f64 / total as f64 },
         total_pixels: total,
         bounding_box: (differing > 0).then(|| (x0, y0, x1 - x0 + 1, y1 - y0 + 1)),
         size_mismatch: false,
@@ -268,13 +228,7 @@ pub fn compare(a: &RgbImage, b: &RgbImage, tolerance: u8) -> Diff {
 /// Sizes must match.
 pub fn diff_image(a: &RgbImage, b: &RgbImage, tolerance: u8) -> Result<RgbImage> {
     if a.width != b.width || a.height != b.height {
-        bail!(
-            "cannot diff {}x{} against {}x{}",
-            a.width,
-            a.height,
-            b.width,
-            b.height
-        );
+        bail!("cannot diff {}x{} against {}x{}", a.width, a.height, b.width, b.height);
     }
     let mut pixels = Vec::with_capacity(a.pixels.len());
     for (pa, pb) in a.iter_pixels().zip(b.iter_pixels()) {

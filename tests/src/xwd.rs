@@ -56,30 +56,15 @@ pub fn x11_screenshot(display: &str) -> Result<RgbImage> {
         .output()
         .context("running xwd (package x11-apps; scripts/peers.sh install)")?;
     if !out.status.success() {
-        bail!(
-            "xwd -root -display {display} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("xwd -root -display {display} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     parse_xwd(&out.stdout).with_context(|| format!("parsing xwd output of display {display}"))
 }
 
 /// Parses the header of an XWD file.
 pub fn parse_xwd_header(data: &[u8]) -> Result<XwdHeader> {
-    ensure!(
-        data.len() >= HEADER_FIELDS * 4,
-        "xwd data too short for a header: {} bytes",
-        data.len()
-    );
-    let f = |i: usize| {
-        u32::from_be_bytes([
-            data[i * 4],
-            data[i * 4 + 1],
-            data[i * 4 + 2],
-            data[i * 4 + 3],
-        ])
-    };
+    ensure!(data.len() >= HEADER_FIELDS * 4, "xwd data too short for a header: {} bytes", data.len());
+    let f = |i: usize| u32::from_be_bytes([data[i * 4], data[i * 4 + 1], data[i * 4 + 2], data[i * 4 + 3]]);
     let h = XwdHeader {
         header_size: f(0),
         file_version: f(1),
@@ -132,10 +117,7 @@ impl Channel {
         ensure!(mask != 0, "xwd colour mask is zero");
         let shift = mask.trailing_zeros();
         let max = mask >> shift;
-        ensure!(
-            (max & (max + 1)) == 0,
-            "xwd colour mask {mask:#x} is not contiguous"
-        );
+        ensure!((max & (max + 1)) == 0, "xwd colour mask {mask:#x} is not contiguous");
         Ok(Channel { shift, max })
     }
 
@@ -152,49 +134,28 @@ impl Channel {
 /// Parses a whole XWD file (ZPixmap, TrueColor or DirectColor, 8/16/24/32 bits per pixel).
 pub fn parse_xwd(data: &[u8]) -> Result<RgbImage> {
     let h = parse_xwd_header(data)?;
-    ensure!(
-        h.pixmap_format == ZPIXMAP,
-        "unsupported xwd pixmap format {} (only ZPixmap)",
-        h.pixmap_format
-    );
+    ensure!(h.pixmap_format == ZPIXMAP, "unsupported xwd pixmap format {} (only ZPixmap)", h.pixmap_format);
     ensure!(
         h.visual_class == TRUE_COLOR || h.visual_class == DIRECT_COLOR,
         "unsupported xwd visual class {} (only TrueColor/DirectColor)",
         h.visual_class
     );
     let bpp = h.bits_per_pixel;
-    ensure!(
-        matches!(bpp, 8 | 16 | 24 | 32),
-        "unsupported xwd bits_per_pixel {bpp}"
-    );
+    ensure!(matches!(bpp, 8 | 16 | 24 | 32), "unsupported xwd bits_per_pixel {bpp}");
     let bytes_pp = (bpp / 8) as usize;
     let width = h.pixmap_width as usize;
     let height = h.pixmap_height as usize;
     let bpl = h.bytes_per_line as usize;
-    ensure!(
-        bpl >= width * bytes_pp,
-        "xwd bytes_per_line {bpl} too small for width {width} at {bpp} bpp"
-    );
-    let colormap_len = (h.ncolors as usize)
-        .checked_mul(COLOR_ENTRY_SIZE)
-        .context("xwd ncolors overflow")?;
-    let start = (h.header_size as usize)
-        .checked_add(colormap_len)
-        .context("xwd offset overflow")?;
-    let need = bpl
-        .checked_mul(height)
-        .and_then(|n| n.checked_add(start))
-        .context("xwd size overflow")?;
+    ensure!(bpl >= width * bytes_pp, "xwd bytes_per_line {bpl} too small for width {width} at {bpp} bpp");
+    let colormap_len = (h.ncolors as usize).checked_mul(COLOR_ENTRY_SIZE).context("xwd ncolors overflow")?;
+    let start = (h.header_size as usize).checked_add(colormap_len).context("xwd offset overflow")?;
+    let need = bpl.checked_mul(height).and_then(|n| n.checked_add(start)).context("xwd size overflow")?;
     ensure!(
         data.len() >= need,
         "xwd data truncated: {} bytes, need {need} ({width}x{height}, {bpl} bytes per line, pixels at {start})",
         data.len()
     );
-    let (r, g, b) = (
-        Channel::new(h.red_mask)?,
-        Channel::new(h.green_mask)?,
-        Channel::new(h.blue_mask)?,
-    );
+    let (r, g, b) = (Channel::new(h.red_mask)?, Channel::new(h.green_mask)?, Channel::new(h.blue_mask)?);
     let lsb = h.byte_order == LSB_FIRST;
     let mut pixels = Vec::with_capacity(width * height * 3);
     for y in 0..height {
@@ -229,15 +190,7 @@ mod tests {
         v
     }
 
-    fn fields(
-        w: u32,
-        h: u32,
-        byte_order: u32,
-        bpp: u32,
-        bpl: u32,
-        ncolors: u32,
-        name_len: u32,
-    ) -> [u32; 25] {
+    fn fields(w: u32, h: u32, byte_order: u32, bpp: u32, bpl: u32, ncolors: u32, name_len: u32) -> [u32; 25] {
         [
             100 + name_len,
             7,
@@ -273,14 +226,7 @@ mod tests {
         let mut d = header(fields(2, 2, LSB_FIRST, 32, 12, 2, name.len() as u32), name);
         d.extend_from_slice(&[0xAA; 24]); // 2 colormap entries, ignored
                                           // row 0: red, green, pad; row 1: blue, (0x12,0x34,0x56), pad
-        for px in [
-            0x00ff0000u32,
-            0x0000ff00,
-            0xdeadbeef,
-            0x000000ff,
-            0x00123456,
-            0xdeadbeef,
-        ] {
+        for px in [0x00ff0000u32, 0x0000ff00, 0xdeadbeef, 0x000000ff, 0x00123456, 0xdeadbeef] {
             d.extend_from_slice(&px.to_le_bytes());
         }
         let img = parse_xwd(&d).unwrap();

@@ -19,45 +19,21 @@ fn static_display_screenshot_shows_root_and_xterm() {
     let img = x11_screenshot(&peer.display).expect("xwd screenshot of the static display");
     let path = artifact_dir().join("peers_smoke_static.png");
     img.save_png(&path).expect("saving the screenshot");
-    assert_eq!(
-        (img.width, img.height),
-        (1024, 768),
-        "saved as {}",
-        path.display()
-    );
+    assert_eq!((img.width, img.height), (1024, 768), "saved as {}", path.display());
 
     let total = (img.width * img.height) as usize;
     let fg = img.count_color(STATIC_ROOT_FG, 0);
     let bg = img.count_color(STATIC_ROOT_BG, 0);
     // The 16x16 plaid covers everything outside the xterm; both colours take a large share.
-    assert!(
-        fg > total / 20,
-        "root foreground {STATIC_ROOT_FG:?} on only {fg} pixels; see {}",
-        path.display()
-    );
-    assert!(
-        bg > total / 20,
-        "root background {STATIC_ROOT_BG:?} on only {bg} pixels; see {}",
-        path.display()
-    );
+    assert!(fg > total / 20, "root foreground {STATIC_ROOT_FG:?} on only {fg} pixels; see {}", path.display());
+    assert!(bg > total / 20, "root background {STATIC_ROOT_BG:?} on only {bg} pixels; see {}", path.display());
 
     // The xterm (black background, white text) sits at +40+40.
     let xterm = img.crop(40, 40, 300, 60);
     let black = xterm.count_color([0, 0, 0], 0);
-    let bright = xterm
-        .iter_pixels()
-        .filter(|p| p.iter().all(|c| *c >= 0xc0))
-        .count();
-    assert!(
-        black > 300 * 60 / 2,
-        "no xterm background at +40+40 ({black} black pixels); see {}",
-        path.display()
-    );
-    assert!(
-        bright > 100,
-        "no xterm text at +40+40 ({bright} bright pixels); see {}",
-        path.display()
-    );
+    let bright = xterm.iter_pixels().filter(|p| p.iter().all(|c| *c >= 0xc0)).count();
+    assert!(black > 300 * 60 / 2, "no xterm background at +40+40 ({black} black pixels); see {}", path.display());
+    assert!(bright > 100, "no xterm text at +40+40 ({bright} bright pixels); see {}", path.display());
     // Anti-aliased text gives grey levels: it is text, not a solid block.
     assert!(
         xterm.distinct_colors() > 5,
@@ -70,10 +46,7 @@ fn static_display_screenshot_shows_root_and_xterm() {
     std::thread::sleep(std::time::Duration::from_millis(1200));
     let again = x11_screenshot(&peer.display).expect("second screenshot");
     let diff = compare(&img, &again, 0);
-    assert!(
-        diff.is_identical(),
-        "static display changed by itself: {diff}"
-    );
+    assert!(diff.is_identical(), "static display changed by itself: {diff}");
 }
 
 #[test]
@@ -89,10 +62,6 @@ fn changing_display_changes() {
         if compare(&a, &b, 0).differing_pixels > 0 {
             break;
         }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "display {} did not change within 5 s",
-            peer.display
-        );
+        assert!(std::time::Instant::now() < deadline, "display {} did not change within 5 s", peer.display);
     }
 }
