@@ -289,12 +289,13 @@ async fn typing_runs_a_command_on_the_server() {
         worker.send(ToWorker::Key { keysym: 0xff0d, pressed }).await;
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(text) = std::fs::read_to_string(&path) {
-            assert_eq!(text, "guacr-typed\n");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "typed command never ran");
+    // The shell creates the file before it writes the line: wait for the content, not the file.
+    while std::fs::read_to_string(&path).ok().as_deref() != Some("guacr-typed\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "typed command never ran (file holds {:?})",
+            std::fs::read_to_string(&path).ok()
+        );
         worker.next(Duration::from_millis(100)).await;
     }
     let _ = std::fs::remove_file(&path);
