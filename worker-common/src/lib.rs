@@ -107,6 +107,17 @@ pub fn lockdown(args: &WorkerArgs) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// What the supervisor's `ToWorker::Start` carries.
+#[derive(Debug, Clone)]
+pub struct Start {
+    pub session_id: String,
+    pub params: shm_proto::control::Params,
+    /// The client's display size and resolution.
+    pub width: u32,
+    pub height: u32,
+    pub dpi: u32,
+}
+
 /// The worker's two channels to the supervisor.
 pub struct WorkerSession {
     pub control: ControlChannel,
@@ -132,6 +143,35 @@ impl WorkerSession {
                 Some(_) => {} // input before start is dropped, never a crash
             }
         }
+    }
+
+    /// Attaches to the supervisor and waits for its `Start`: what every worker does first. `Err` carries
+    /// the exit code when there is no session to run (0: told to shut down; 1: no usable channel).
+    pub async fn begin() -> Result<(WorkerSession, Start), i32> {
+        let session = WorkerSession::attach().map_err(|error| {
+            tracing::error!(%error, "Cannot attach to the supervisor");
+            1
+        })?;
+        match session.wait_for_start().await {
+            Ok(Some(ToWorker::Start { session_id, params, width, height, dpi })) => {
+                Ok((session, Start { session_id, params, width, height, dpi }))
+            }
+            Ok(_) => Err(0),
+            Err(error) => {
+                tracing::error!(%error, "Control channel failed before start");
+                Err(1)
+            }
+        }
+    }
+
+    /// Names the set parameters this worker ignores; the supervisor logs each once. `Err(1)` when the
+    /// supervisor is gone.
+    pub async fn report_unsupported(&self, parameters: &[&'static str]) -> Result<(), i32> {
+        for parameter in parameters {
+            let message = FromWorker::Unsupported { parameter: (*parameter).into() };
+            self.control.send(&message).await.map_err(|_| 1)?;
+        }
+        Ok(())
     }
 
     /// Publishes pending damage if the supervisor has released the front, and wakes it.

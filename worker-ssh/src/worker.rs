@@ -60,21 +60,11 @@ enum Out {
 
 /// Runs one session; returns the process exit code.
 pub async fn run(_args: &WorkerArgs) -> i32 {
-    let mut session = match WorkerSession::attach() {
-        Ok(session) => session,
-        Err(error) => {
-            tracing::error!(%error, "Cannot attach to the supervisor");
-            return 1;
-        }
+    let (mut session, start) = match WorkerSession::begin().await {
+        Ok(begun) => begun,
+        Err(code) => return code,
     };
-    let (params, width, height, dpi) = match session.wait_for_start().await {
-        Ok(Some(ToWorker::Start { params, width, height, dpi, .. })) => (params, width, height, dpi),
-        Ok(_) => return 0,
-        Err(error) => {
-            tracing::error!(%error, "Control channel failed before start");
-            return 1;
-        }
-    };
+    let (params, width, height, dpi) = (start.params, start.width, start.height, start.dpi);
     let (mut settings, notes) = match Settings::from_params(&params) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -85,10 +75,8 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
     for warning in &notes.warnings {
         warn!("{warning}");
     }
-    for parameter in notes.unsupported {
-        if session.control.send(&FromWorker::Unsupported { parameter: parameter.into() }).await.is_err() {
-            return 1;
-        }
+    if let Err(code) = session.report_unsupported(&notes.unsupported).await {
+        return code;
     }
     let font = match Font::new(settings.font_size, dpi) {
         Ok(font) => font,

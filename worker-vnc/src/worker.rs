@@ -66,21 +66,11 @@ enum End {
 
 /// Runs one session; returns the process exit code.
 pub async fn run(_args: &WorkerArgs) -> i32 {
-    let mut session = match WorkerSession::attach() {
-        Ok(session) => session,
-        Err(error) => {
-            tracing::error!(%error, "Cannot attach to the supervisor");
-            return 1;
-        }
+    let (mut session, start) = match WorkerSession::begin().await {
+        Ok(begun) => begun,
+        Err(code) => return code,
     };
-    let (params, client_width, client_height) = match session.wait_for_start().await {
-        Ok(Some(ToWorker::Start { params, width, height, .. })) => (params, width, height),
-        Ok(_) => return 0,
-        Err(error) => {
-            tracing::error!(%error, "Control channel failed before start");
-            return 1;
-        }
-    };
+    let (params, client_width, client_height) = (start.params, start.width, start.height);
     let (settings, notes) = match Settings::from_params(&params) {
         Ok(parsed) => parsed,
         Err(e) => {
@@ -91,10 +81,8 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
     for warning in &notes.warnings {
         warn!("{warning}");
     }
-    for parameter in notes.unsupported {
-        if session.control.send(&FromWorker::Unsupported { parameter: parameter.into() }).await.is_err() {
-            return 1;
-        }
+    if let Err(code) = session.report_unsupported(&notes.unsupported).await {
+        return code;
     }
     let geometry = session.frames.geometry();
     let config = settings.client_config(geometry.max_width, geometry.max_height);
