@@ -69,6 +69,28 @@ pub fn port_listening(port: u16) -> bool {
     })
 }
 
+/// True when process `pid` itself holds a listening TCP socket on 127.0.0.1:`port` or 0.0.0.0:`port`.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(tcp) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let local = [format!("0100007F:{port:04X}"), format!("00000000:{port:04X}")];
+    let inodes: Vec<String> = tcp
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 9 && f[3] == "0A" && local.iter().any(|w| w == f[1])).then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .any(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+}
+
 /// Builder for [`GuacrProcess`].
 #[derive(Clone, Debug)]
 pub struct GuacrBuilder {
@@ -193,7 +215,9 @@ impl GuacrBuilder {
         };
         let deadline = Instant::now() + self.ready_timeout;
         loop {
-            if port_listening(port) && http_port.is_none_or(port_listening) {
+            // Ours, not merely someone's: a concurrent test may have drawn the same free port.
+            let pid = p.child.id();
+            if listens_on(pid, port) && http_port.is_none_or(|h| listens_on(pid, h)) {
                 return Ok(p);
             }
             if let Some(status) = p.try_exit_status() {
@@ -465,7 +489,10 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         assert!(port_listening(port));
+        assert!(listens_on(std::process::id(), port), "this process holds the listener");
+        assert!(!listens_on(1, port), "pid 1 does not");
         drop(l);
         assert!(!port_listening(port));
+        assert!(!listens_on(std::process::id(), port));
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use guac_proto::Decoder;
 use guacr_tests::peers;
-use guacr_tests::process::{free_port, guacr_bin, port_listening};
+use guacr_tests::process::{free_port, guacr_bin, listens_on};
 use guacr_tests::GuacrProcess;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
@@ -166,7 +166,7 @@ async fn guacd_conf_configures_listener_pid_file_log_level_and_tls() {
     let child = Command::new(guacr_bin()).arg("-f").arg("-c").arg(&conf).stderr(log).spawn().unwrap();
     let guacd = Guacd(child);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !port_listening(port) {
+    while !listens_on(guacd.0.id(), port) {
         assert!(Instant::now() < deadline, "guacr did not listen on the port from guacd.conf");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
