@@ -164,6 +164,37 @@ impl WorkerSession {
         }
     }
 
+    /// Drives `work` (connecting to the remote server) while serving the control channel: heartbeats are
+    /// answered and sent, the newest client resize is remembered, other input is dropped (guacd crashes
+    /// on input that arrives this early). `Err(exit code)` when told to shut down or the supervisor is gone.
+    pub async fn serve_while<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<(T, Option<(u32, u32)>), i32> {
+        tokio::pin!(work);
+        let mut heartbeat = heartbeat_timer();
+        let mut resized = None;
+        loop {
+            tokio::select! {
+                result = &mut work => return Ok((result, resized)),
+                message = self.control.recv::<ToWorker>() => match message {
+                    Ok(Some(ToWorker::Heartbeat)) => self.control.send(&FromWorker::Heartbeat).await.map_err(|_| 1)?,
+                    Ok(Some(ToWorker::Resize { width, height })) if width > 0 && height > 0 => {
+                        resized = Some((width, height));
+                    }
+                    Ok(Some(ToWorker::Shutdown) | None) => return Err(0),
+                    Ok(Some(_)) => {}
+                    Err(error) if supervisor_gone(&error) => return Err(0),
+                    Err(error) => {
+                        tracing::error!(%error, "Control channel failed");
+                        return Err(1);
+                    }
+                },
+                _ = heartbeat.tick() => self.control.send(&FromWorker::Heartbeat).await.map_err(|_| 1)?,
+            }
+        }
+    }
+
     /// Names the set parameters this worker ignores; the supervisor logs each once. `Err(1)` when the
     /// supervisor is gone.
     pub async fn report_unsupported(&self, parameters: &[&'static str]) -> Result<(), i32> {
@@ -220,6 +251,19 @@ where
     };
     let code = runtime.block_on(run(args));
     std::process::exit(code)
+}
+
+/// The control socket was reset: the supervisor is gone, nothing to report to (a seqpacket peer that
+/// closed with our messages unread reports ECONNRESET instead of end of file).
+pub fn supervisor_gone(error: &shm_proto::ControlError) -> bool {
+    matches!(error, shm_proto::ControlError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+/// Ticks every [`HEARTBEAT_INTERVAL`]; a late tick is not made up for in a burst.
+pub fn heartbeat_timer() -> tokio::time::Interval {
+    let mut heartbeat = tokio::time::interval(HEARTBEAT_INTERVAL);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    heartbeat
 }
 
 /// Exit code for a worker that ended because of an error it already reported.

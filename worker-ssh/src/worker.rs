@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use russh::ChannelMsg;
 use shm_proto::control::CLIPBOARD_CHUNK;
-use shm_proto::{ControlError, FromWorker, ToWorker};
+use shm_proto::{FromWorker, ToWorker};
 use tokio::sync::mpsc;
-use tokio::time::{interval, sleep_until, Instant, MissedTickBehavior};
+use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 use vt100::{MouseProtocolEncoding, MouseProtocolMode};
-use worker_common::{WorkerArgs, WorkerSession, EXIT_REPORTED, HEARTBEAT_INTERVAL};
+use worker_common::{heartbeat_timer, supervisor_gone, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
 use crate::font::Font;
 use crate::keys::{KeyAction, KeyState};
@@ -134,37 +134,10 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             let (cols, rows) = terminal.grid_size();
             ssh::connect(&settings, &addrs, cols, rows, terminal.pixel_size()).await
         };
-        tokio::pin!(connect);
-        let mut heartbeat = heartbeat_timer();
-        let mut resized = None;
-        let result = loop {
-            tokio::select! {
-                result = &mut connect => break result,
-                message = session.control.recv::<ToWorker>() => match message {
-                    Ok(Some(ToWorker::Heartbeat)) => {
-                        if session.control.send(&FromWorker::Heartbeat).await.is_err() {
-                            return 1;
-                        }
-                    }
-                    Ok(Some(ToWorker::Resize { width, height })) if width > 0 && height > 0 => {
-                        resized = Some((width, height));
-                    }
-                    Ok(Some(ToWorker::Shutdown) | None) => return 0,
-                    Ok(Some(_)) => {} // input before the shell runs is dropped
-                    Err(error) if supervisor_gone(&error) => return 0,
-                    Err(error) => {
-                        tracing::error!(%error, "Control channel failed");
-                        return 1;
-                    }
-                },
-                _ = heartbeat.tick() => {
-                    if session.control.send(&FromWorker::Heartbeat).await.is_err() {
-                        return 1;
-                    }
-                }
-            }
-        };
-        result.map(|connection| (connection, resized))
+        match session.serve_while(connect).await {
+            Ok((result, resized)) => result.map(|connection| (connection, resized)),
+            Err(code) => return code,
+        }
     };
     let (connection, resized) = match connected {
         Ok(connected) => connected,
@@ -294,17 +267,6 @@ fn clamp_size(session: &WorkerSession, width: u32, height: u32) -> (u32, u32) {
     let g = session.frames.geometry();
     let (w, h) = if width > 0 && height > 0 { (width, height) } else { DEFAULT_SIZE };
     (w.clamp(1, g.max_width), h.clamp(1, g.max_height))
-}
-
-/// A seqpacket peer that closed with our messages unread reports ECONNRESET instead of end of file.
-fn supervisor_gone(error: &ControlError) -> bool {
-    matches!(error, ControlError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
-}
-
-fn heartbeat_timer() -> tokio::time::Interval {
-    let mut heartbeat = interval(HEARTBEAT_INTERVAL);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    heartbeat
 }
 
 /// Resolves before the sandbox goes up (afterwards nothing in `/etc` can be read).

@@ -12,12 +12,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use shm_proto::control::{CLIPBOARD_CHUNK, MAX_CURSOR_SIDE};
-use shm_proto::{ControlError, FromWorker, ToWorker};
+use shm_proto::{FromWorker, ToWorker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::{interval, sleep, timeout, MissedTickBehavior};
+use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
-use worker_common::{WorkerArgs, WorkerSession, EXIT_REPORTED, HEARTBEAT_INTERVAL};
+use worker_common::{heartbeat_timer, supervisor_gone, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
 use crate::clipboard::truncate_utf8;
 use crate::rfb::{Client, ClientConfig, Event, RfbError, Surface};
@@ -88,38 +88,13 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
     let config = settings.client_config(geometry.max_width, geometry.max_height);
 
     let mut desired_size = (client_width > 0 && client_height > 0).then_some((client_width, client_height));
-    let connected = {
-        let connect = connect(&settings, config);
-        tokio::pin!(connect);
-        let mut heartbeat = heartbeat_timer();
-        loop {
-            tokio::select! {
-                result = &mut connect => break result,
-                message = session.control.recv::<ToWorker>() => match message {
-                    Ok(Some(ToWorker::Heartbeat)) => {
-                        if session.control.send(&FromWorker::Heartbeat).await.is_err() {
-                            return 1;
-                        }
-                    }
-                    Ok(Some(ToWorker::Resize { width, height })) if width > 0 && height > 0 => {
-                        desired_size = Some((width, height));
-                    }
-                    Ok(Some(ToWorker::Shutdown) | None) => return 0,
-                    Ok(Some(_)) => {} // input before the handshake is done is dropped
-                    Err(error) if supervisor_gone(&error) => return 0,
-                    Err(error) => {
-                        tracing::error!(%error, "Control channel failed");
-                        return 1;
-                    }
-                },
-                _ = heartbeat.tick() => {
-                    if session.control.send(&FromWorker::Heartbeat).await.is_err() {
-                        return 1;
-                    }
-                }
-            }
-        }
+    let (connected, resized) = match session.serve_while(connect(&settings, config)).await {
+        Ok(done) => done,
+        Err(code) => return code,
     };
+    if resized.is_some() {
+        desired_size = resized;
+    }
     let (stream, client, (width, height, name)) = match connected {
         Ok(connection) => connection,
         Err(failure) => {
@@ -146,17 +121,6 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             EXIT_REPORTED
         }
     }
-}
-
-/// A seqpacket peer that closed with our messages unread reports ECONNRESET instead of end of file.
-fn supervisor_gone(error: &ControlError) -> bool {
-    matches!(error, ControlError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
-}
-
-fn heartbeat_timer() -> tokio::time::Interval {
-    let mut heartbeat = interval(HEARTBEAT_INTERVAL);
-    heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    heartbeat
 }
 
 type Connection = (TcpStream, Client, (u32, u32, String));
