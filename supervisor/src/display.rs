@@ -33,8 +33,69 @@ impl ClientDisplay {
     }
 }
 
+/// Image formats a client declared in its handshake (`image` instruction), besides PNG which every client takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImageFormats {
+    pub jpeg: bool,
+    pub webp: bool,
+}
+
+impl ImageFormats {
+    /// From the handshake's `image` mimetypes.
+    pub fn from_mimetypes<S: AsRef<str>>(mimetypes: &[S]) -> ImageFormats {
+        let has = |m: &str| mimetypes.iter().any(|s| s.as_ref().eq_ignore_ascii_case(m));
+        ImageFormats { jpeg: has("image/jpeg"), webp: has("image/webp") }
+    }
+}
+
+/// How a frame is encoded for the users that receive it: the contract between the session loop (which
+/// knows the users, their lag and the configuration) and the planner (which knows pixels).
+#[derive(Debug, Clone, Copy, Default)]
+#[allow(dead_code, reason = "the planner (display-pipeline issue) reads these")]
+pub struct EncodeSettings {
+    /// The naive baseline for benchmarks: every damaged rectangle as one PNG, no hashing, no copy detection.
+    pub naive: bool,
+    /// The receiving users' processing lag in milliseconds, from their `sync` echoes; lossy quality follows it.
+    pub lag_ms: u32,
+    /// What the receiving users accept besides PNG (the intersection when several users share one encode).
+    pub formats: ImageFormats,
+}
+
+/// Appends everything a client that shows nothing needs to show `frame` (a joining user, a user being
+/// resynchronised after falling behind); `client` is that user's display state and is updated.
+#[allow(dead_code, reason = "the session loop calls this once sharing and refresh land")]
+pub fn encode_full(
+    reader: &FrameReader,
+    frame: &Frame,
+    client: &mut ClientDisplay,
+    settings: &EncodeSettings,
+    out: &mut BytesMut,
+) {
+    *client = ClientDisplay::default();
+    let mut full = frame.clone();
+    full.overflow = true;
+    encode_frame(reader, &full, client, settings, out);
+}
+
+/// When the planner wants to send something without a new frame (a lossless refresh of a region that was
+/// sent lossy and has been quiet since); `None` when nothing is due.
+#[allow(dead_code, reason = "the session loop calls this once sharing and refresh land")]
+pub fn refresh_due(_client: &ClientDisplay) -> Option<std::time::Instant> {
+    None
+}
+
+/// Appends the refresh that `refresh_due` announced (nothing when nothing is due).
+#[allow(dead_code, reason = "the session loop calls this once sharing and refresh land")]
+pub fn encode_refresh(_client: &mut ClientDisplay, _settings: &EncodeSettings, _out: &mut BytesMut) {}
+
 /// Appends the instructions for `frame` to `out` (without the final `sync`).
-pub fn encode_frame(reader: &FrameReader, frame: &Frame, client: &mut ClientDisplay, out: &mut BytesMut) {
+pub fn encode_frame(
+    reader: &FrameReader,
+    frame: &Frame,
+    client: &mut ClientDisplay,
+    _settings: &EncodeSettings,
+    out: &mut BytesMut,
+) {
     let mut scratch = Vec::new();
     if frame.resized || client.size != (frame.width, frame.height) {
         encode(out, "size").int(0).uint(frame.width.into()).uint(frame.height.into()).finish();

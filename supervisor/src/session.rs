@@ -168,6 +168,7 @@ pub(crate) async fn run_connected(
     }
     let Worker { mut child, control, frames, cgroup, .. } = worker;
     let mut session = Session::new(protocol, params, shared);
+    session.image_formats = display::ImageFormats::from_mimetypes(&request.image);
     let result = session.run(reader, writer, &mut child, &control, frames).await;
     shared.metrics.worker_exited(exit_cause(&result));
     // Whatever happened, the worker goes: politely if it is still healthy, by SIGKILL otherwise.
@@ -300,6 +301,8 @@ struct Session<'a> {
     last_worker_message: Instant,
     reported_unsupported: HashSet<String>,
     worker_connected: bool,
+    /// Image formats the client accepts besides PNG.
+    image_formats: display::ImageFormats,
 }
 
 impl<'a> Session<'a> {
@@ -322,6 +325,7 @@ impl<'a> Session<'a> {
             last_worker_message: Instant::now(),
             reported_unsupported: HashSet::new(),
             worker_connected: false,
+            image_formats: display::ImageFormats::default(),
         }
     }
 
@@ -460,6 +464,13 @@ impl<'a> Session<'a> {
         }
     }
 
+    /// How the next frame is encoded: the configured mode, the client's formats and its current lag.
+    fn encode_settings(&self) -> display::EncodeSettings {
+        let lag_ms =
+            self.unacked.front().map_or(0, |(_, sent)| sent.elapsed().as_millis().min(u32::MAX as u128) as u32);
+        display::EncodeSettings { naive: false, lag_ms, formats: self.image_formats }
+    }
+
     /// `Some(deadline)` while the client is too far behind on `sync` echoes to send another frame.
     fn client_lag_deadline(&self) -> Option<Instant> {
         if self.unacked.len() < MAX_UNACKED_FRAMES {
@@ -473,6 +484,7 @@ impl<'a> Session<'a> {
         let encoders = self.shared.encoders.clone();
         let encode_seconds = self.shared.metrics.encode_seconds.clone();
         let mut display = self.display.take().unwrap_or_default();
+        let settings = self.encode_settings();
         tokio::spawn(async move {
             // One permit per frame: the pool is shared by every session and bounded by the core count.
             let permit = encoders.acquire_owned().await;
@@ -480,7 +492,7 @@ impl<'a> Session<'a> {
                 let _permit = permit;
                 let mut out = BytesMut::new();
                 let started = std::time::Instant::now();
-                display::encode_frame(&frames, &frame, &mut display, &mut out);
+                display::encode_frame(&frames, &frame, &mut display, &settings, &mut out);
                 encode_seconds.observe(started.elapsed());
                 (frames, frame, out, display)
             })
