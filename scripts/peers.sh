@@ -13,6 +13,13 @@
 #             nothing on it changes by itself, for pixel comparison
 #   typing    Xtigervnc :53 on 127.0.0.1:5903; an 80x24 xterm at +0+0 running bash, for typing tests
 # All three use VNC password "guacpass".
+#   rdp-shadow  Xvfb :55 (plaid root, an 80x24 bash xterm at +0+0 titled guacr-rdp-typing) shown by
+#             freerdp-shadow-cli on 127.0.0.1:3390 (-auth: TLS or standard RDP security, any credentials)
+#             and on 127.0.0.1:3391 (NLA only, NTLM against $RUN/rdp/shadow.sam: guactest/guacpass)
+#   xrdp      xrdp + xrdp-sesman with their own configs on 127.0.0.1:3389 (TLS, or standard RDP security
+#             at crypt_level=none); logging in as guactest/guacpass starts an Xorg (xorgxrdp) session
+#             running ~guactest/startwm.sh: the same plaid root and bash xterm; it lets root's X
+#             clients in (xhost) for screenshots. One xrdp stack per machine (sesman's port is fixed).
 #   ssh       OpenSSH sshd with its own config and host keys on 127.0.0.1:2222 ($RUN/ssh); user guactest,
 #             password guacpass (password and keyboard-interactive), client keys in $RUN/ssh/keys:
 #             id_ed25519, id_ed25519_pass (passphrase "keypass"), id_rsa (PEM, 2048), id_ecdsa;
@@ -39,10 +46,19 @@ PASSWD_FILE=$RUN/vnc.passwd
 START_TIMEOUT_S=10
 
 PACKAGES=(xvfb xauth x11-utils x11-apps x11-xserver-utils xterm fonts-dejavu-core procps iproute2
-  x11vnc tigervnc-standalone-server tigervnc-tools openssh-server openssh-client)
+  x11vnc tigervnc-standalone-server tigervnc-tools openssh-server openssh-client
+  xrdp xorgxrdp freerdp2-shadow-x11 winpr-utils openssl)
 
 # Component names, in start order. Stop goes over all of them.
-COMPONENTS=(xvfb51 x11vnc51 xclock51 xterm51 xtigervnc52 xterm52 xtigervnc53 xterm53 sshd)
+COMPONENTS=(xvfb51 x11vnc51 xclock51 xterm51 xtigervnc52 xterm52 xtigervnc53 xterm53 sshd
+  xvfb55 xterm55 shadow3390 shadow3391 sesman xrdp)
+
+RDP_DIR=$RUN/rdp
+XRDP_PORT=3389
+SESMAN_PORT=3350
+SHADOW_DISPLAY=55
+SHADOW_PORT=3390
+SHADOW_NLA_PORT=3391
 
 SSH_PORT=2222
 SSH_KBDINT_PORT=2223
@@ -365,6 +381,115 @@ start_ssh() {
   wait_for "$deadline" sshd "port $SSH_PORT" port_listening "$SSH_PORT"
 }
 
+# ---------------------------------------------------------------------------------------------------
+# RDP peers
+
+# The plaid root and bash xterm both RDP desktops show (DISPLAY set by the caller).
+RDP_XTERM_ARGS=(-T guacr-rdp-typing +bc -fa DejaVuSansMono -fs 14 -bg black -fg white -geometry 80x24+0+0
+  -e bash --norc --noprofile)
+
+start_shadow() {
+  local deadline=$(($(date +%s%N) + START_TIMEOUT_S * 1000000000)) n fresh=0
+  if ! ours_pid xvfb55 >/dev/null; then
+    for n in xterm55 shadow3390 shadow3391; do
+      if ours_pid "$n" >/dev/null; then stop_components "$n"; fi
+    done
+    refuse_foreign xvfb55 "$SHADOW_DISPLAY" "$SHADOW_PORT"
+    spawn xvfb55 Xvfb Xvfb ":$SHADOW_DISPLAY" -screen 0 1024x768x24 -nolisten tcp -noreset
+    fresh=1
+  fi
+  wait_for "$deadline" xvfb55 "display :$SHADOW_DISPLAY" display_answers "$SHADOW_DISPLAY"
+  if ((fresh)); then
+    DISPLAY=:$SHADOW_DISPLAY xsetroot -mod 16 16 -fg '#d03020' -bg '#2040c0' 9>&- ||
+      die "xsetroot on :$SHADOW_DISPLAY failed"
+  fi
+  if ! ours_pid xterm55 >/dev/null; then
+    spawn xterm55 xterm env DISPLAY=:$SHADOW_DISPLAY PS1='$ ' xterm "${RDP_XTERM_ARGS[@]}"
+  fi
+  # freerdp-shadow keeps its TLS key and certificate under $HOME/.config/freerdp.
+  mkdir -p "$RDP_DIR/shadow-home"
+  chmod 700 "$RDP_DIR"
+  if [[ ! -s "$RDP_DIR/shadow.sam" ]]; then
+    winpr-hash -u "$SSH_USER" -p "$SSH_PASSWORD" -f sam >"$RDP_DIR/shadow.sam.tmp" 9>&- || die "winpr-hash failed"
+    mv "$RDP_DIR/shadow.sam.tmp" "$RDP_DIR/shadow.sam"
+  fi
+  if ! ours_pid shadow3390 >/dev/null; then
+    port_listening "$SHADOW_PORT" && die "port $SHADOW_PORT is held by something we did not start"
+    spawn shadow3390 freerdp-shadow-cli env DISPLAY=:$SHADOW_DISPLAY HOME="$RDP_DIR/shadow-home" \
+      freerdp-shadow-cli /bind-address:127.0.0.1 /port:$SHADOW_PORT -auth
+  fi
+  # The first server writes the certificate; the second must not race it.
+  wait_for "$deadline" shadow3390 "port $SHADOW_PORT" port_listening "$SHADOW_PORT"
+  if ! ours_pid shadow3391 >/dev/null; then
+    port_listening "$SHADOW_NLA_PORT" && die "port $SHADOW_NLA_PORT is held by something we did not start"
+    spawn shadow3391 freerdp-shadow-cli env DISPLAY=:$SHADOW_DISPLAY HOME="$RDP_DIR/shadow-home" \
+      freerdp-shadow-cli /bind-address:127.0.0.1 /port:$SHADOW_NLA_PORT +auth /sec:nla \
+      /sam-file:"$RDP_DIR/shadow.sam"
+  fi
+  wait_for "$deadline" xterm55 "rdp typing xterm window" window_mapped "$SHADOW_DISPLAY" guacr-rdp-typing
+  wait_for "$deadline" shadow3391 "port $SHADOW_NLA_PORT" port_listening "$SHADOW_NLA_PORT"
+}
+
+# xrdp's own configs (copies of the Debian ones), its certificate, runtime directories, and the
+# test user's session script.
+xrdp_setup() {
+  local dir=$RDP_DIR/xrdp home pid f
+  mkdir -p "$dir"
+  chmod 700 "$RDP_DIR" "$dir"
+  if [[ ! -s "$dir/key.pem" || ! -s "$dir/cert.pem" ]]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=127.0.0.1 \
+      -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null 9>&- || die "openssl could not make xrdp's certificate"
+  fi
+  sed -e "s|^port=3389\$|port=tcp://127.0.0.1:$XRDP_PORT|" -e 's|^crypt_level=.*|crypt_level=none|' \
+    -e "s|^certificate=.*|certificate=$dir/cert.pem|" -e "s|^key_file=.*|key_file=$dir/key.pem|" \
+    -e "/^\[Logging\]/,/^\[/ s|^LogFile=.*|LogFile=$LOGS/xrdp-server.log|" -e 's|^EnableSyslog=.*|EnableSyslog=false|' \
+    /etc/xrdp/xrdp.ini >"$dir/xrdp.ini"
+  sed -e 's|^KillDisconnected=.*|KillDisconnected=false|' \
+    -e "/^\[Logging\]/,/^\[/ s|^LogFile=.*|LogFile=$LOGS/xrdp-sesman-server.log|" \
+    -e 's|^EnableSyslog=.*|EnableSyslog=false|' /etc/xrdp/sesman.ini >"$dir/sesman.ini"
+  # What the init system would create.
+  mkdir -p /run/xrdp/sockdir
+  chown root:xrdp /run/xrdp /run/xrdp/sockdir
+  chmod 2775 /run/xrdp
+  chmod 3777 /run/xrdp/sockdir
+  # A stale PID file makes xrdp and sesman refuse to start.
+  for f in /run/xrdp/xrdp.pid /run/xrdp/xrdp-sesman.pid; do
+    if [[ -f "$f" ]]; then
+      pid=$(tr -dc 0-9 <"$f")
+      if [[ -z "$pid" ]] || ! pid_alive "$pid"; then rm -f "$f"; fi
+    fi
+  done
+  home=$(getent passwd "$SSH_USER" | cut -d: -f6)
+  {
+    echo '#!/bin/sh'
+    echo '# guacr test session (scripts/peers.sh): root may screenshot this display.'
+    echo 'xhost +si:localuser:root'
+    echo "xsetroot -mod 16 16 -fg '#d03020' -bg '#2040c0'"
+    echo "PS1='\$ ' exec xterm ${RDP_XTERM_ARGS[*]}"
+  } >"$home/startwm.sh"
+  chown "$SSH_USER:" "$home/startwm.sh"
+  chmod 755 "$home/startwm.sh"
+}
+
+start_xrdp() {
+  local deadline=$(($(date +%s%N) + START_TIMEOUT_S * 1000000000))
+  if ! ours_pid sesman >/dev/null || ! ours_pid xrdp >/dev/null; then
+    [[ $(id -u) -eq 0 ]] || die "xrdp needs root (sesman starts sessions as the test user)"
+    ssh_setup
+    xrdp_setup
+  fi
+  if ! ours_pid sesman >/dev/null; then
+    port_listening "$SESMAN_PORT" && die "port $SESMAN_PORT is held by something we did not start (xrdp-sesman)"
+    spawn sesman xrdp-sesman xrdp-sesman --nodaemon --config "$RDP_DIR/xrdp/sesman.ini"
+  fi
+  wait_for "$deadline" sesman "port $SESMAN_PORT" port_listening "$SESMAN_PORT"
+  if ! ours_pid xrdp >/dev/null; then
+    port_listening "$XRDP_PORT" && die "port $XRDP_PORT is held by something we did not start (xrdp)"
+    spawn xrdp xrdp xrdp --nodaemon --config "$RDP_DIR/xrdp/xrdp.ini"
+  fi
+  wait_for "$deadline" xrdp "port $XRDP_PORT" port_listening "$XRDP_PORT"
+}
+
 cmd_start() {
   local b
   for b in Xvfb x11vnc Xtigervnc xdpyinfo xwininfo xsetroot xclock xterm vncpasswd ss setsid; do
@@ -376,6 +501,11 @@ cmd_start() {
   start_typing
   [[ -x /usr/sbin/sshd ]] || die "/usr/sbin/sshd not found; run scripts/peers.sh install (as root)"
   start_ssh
+  for b in freerdp-shadow-cli winpr-hash xrdp xrdp-sesman openssl xhost; do
+    command -v "$b" >/dev/null || die "$b not found; run scripts/peers.sh install (as root)"
+  done
+  start_shadow
+  start_xrdp
   note "all peers up (run dir $RUN)"
 }
 
@@ -484,6 +614,18 @@ cmd_status() {
     printf '%-9s %-4s 127.0.0.1:%s\n' ssh down "$SSH_PORT"
     rc=1
   fi
+  peer_status rdp-shadow "$SHADOW_DISPLAY" "$SHADOW_PORT" xvfb55 xterm55 shadow3390 shadow3391 || rc=1
+  port_listening "$SHADOW_NLA_PORT" || {
+    printf '%-9s %-4s 127.0.0.1:%s (NLA) closed\n' rdp-shadow down "$SHADOW_NLA_PORT"
+    rc=1
+  }
+  local xrdp_pid sesman_pid
+  if xrdp_pid=$(ours_pid xrdp) && sesman_pid=$(ours_pid sesman) && port_listening "$XRDP_PORT"; then
+    printf '%-9s %-4s 127.0.0.1:%s  xrdp=%s sesman=%s\n' xrdp up "$XRDP_PORT" "$xrdp_pid" "$sesman_pid"
+  else
+    printf '%-9s %-4s 127.0.0.1:%s\n' xrdp down "$XRDP_PORT"
+    rc=1
+  fi
   return $rc
 }
 
@@ -505,6 +647,12 @@ export GUACR_SSH_KBDINT=127.0.0.1:$SSH_KBDINT_PORT
 export GUACR_SSH_USER=$SSH_USER
 export GUACR_SSH_PASSWORD=$SSH_PASSWORD
 export GUACR_SSH_DIR='$SSH_DIR'
+export GUACR_RDP_SHADOW=127.0.0.1:$SHADOW_PORT
+export GUACR_RDP_SHADOW_NLA=127.0.0.1:$SHADOW_NLA_PORT
+export GUACR_DISPLAY_RDP_SHADOW=:$SHADOW_DISPLAY
+export GUACR_RDP_XRDP=127.0.0.1:$XRDP_PORT
+export GUACR_RDP_USER=$SSH_USER
+export GUACR_RDP_PASSWORD=$SSH_PASSWORD
 EOF
 }
 

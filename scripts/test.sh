@@ -13,8 +13,10 @@ log() { echo "test.sh: $*" >&2; }
 
 # System packages: the peers' plus nasm (SIMD for mozjpeg). As root this installs what is missing;
 # otherwise it fails loudly if anything is missing.
-# chromium and xclip: the web client's browser tests (tests/tests/web.rs) and the X clipboard they check.
-scripts/peers.sh install nasm chromium xclip openssl
+# chromium and xclip: the web client's browser tests (tests/tests/web.rs) and the X clipboard they check;
+# chromium is also the rbi worker's browser (tests/tests/rbi.rs).
+# bsdutils: scriptreplay, which plays back SSH typescripts (tests/tests/ssh.rs).
+scripts/peers.sh install nasm chromium xclip openssl bsdutils
 # The unprivileged user guacr's workers run as (the tests run guacr as root).
 scripts/setup.sh
 

@@ -18,6 +18,25 @@ pub const MAX_CONTROL_MESSAGE: usize = 128 * 1024;
 pub const CLIPBOARD_CHUNK: usize = 32 * 1024;
 /// Largest cursor image a worker may send (pixels per side).
 pub const MAX_CURSOR_SIDE: u32 = 128;
+/// Largest payload of one [`StreamFromWorker::Blob`]: one Guacamole `blob` (guacd's 6048 raw bytes), so
+/// each worker blob is exactly one blob on the wire and the client's `ack`s map one to one.
+pub const STREAM_CHUNK: usize = 6048;
+/// Largest payload of one [`StreamToWorker::Blob`]: whatever fits one 8192-byte Guacamole instruction.
+pub const CLIENT_STREAM_CHUNK: usize = 6144;
+/// Stream indices a worker may open its own streams with: `0..MAX_WORKER_STREAMS`.
+pub const MAX_WORKER_STREAMS: u32 = 32;
+/// Object indices a worker may define: `0..MAX_WORKER_OBJECTS`.
+pub const MAX_WORKER_OBJECTS: u32 = 8;
+/// Blobs a worker may have on one stream that the client has not acknowledged yet.
+pub const STREAM_WINDOW: u32 = 16;
+/// Longest stream or object name (a path), in bytes.
+pub const MAX_STREAM_NAME: usize = 4096;
+/// Longest mimetype, in bytes.
+pub const MAX_MIMETYPE: usize = 255;
+/// Largest [`FromWorker::Typescript`] chunk.
+pub const TYPESCRIPT_CHUNK: usize = 64 * 1024;
+/// Longest `ack` message, in bytes.
+pub const MAX_ACK_MESSAGE: usize = 255;
 
 /// Connection parameters (guacd names and values). `Debug` redacts secrets.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +114,62 @@ pub enum ToWorker {
     Heartbeat,
     /// End the session cleanly.
     Shutdown,
+    /// A Guacamole stream or object event from the session's owner (uploads, downloads, browsing). Sent
+    /// only to a worker that asked for them ([`StreamFromWorker::Filesystem`], [`StreamFromWorker::AcceptFiles`]).
+    Stream(StreamToWorker),
+}
+
+/// Client-side stream and object events, relayed by the supervisor (see `supervisor/src/streams.rs`).
+/// Protocol-neutral: the SSH worker maps them to SFTP, a browser worker to its downloads. Stream indices
+/// in here are the client's own (streams it opened with `file` or `put`); in [`StreamToWorker::Ack`] they
+/// are the worker's (streams it opened with `Body` or `File`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StreamToWorker {
+    /// `file`: the client sends a file to the default upload place (drag and drop). The worker answers
+    /// with [`StreamFromWorker::Ack`] (status 0: send on; anything else refuses it).
+    File { stream: u32, mimetype: String, name: String },
+    /// `put`: the client uploads `name` into an object the worker defined. Answered like `File`.
+    Put { object: u32, stream: u32, mimetype: String, name: String },
+    /// Data on an upload; the worker acknowledges each blob ([`StreamFromWorker::Ack`]) once it has taken it.
+    Blob { stream: u32, data: Vec<u8> },
+    /// The client finished the upload.
+    End { stream: u32 },
+    /// The upload was cut off (client gone, or it broke the flow control): discard it, send nothing more.
+    Abort { stream: u32 },
+    /// `get`: the client asks object `object` for `name`. The worker answers with a
+    /// [`StreamFromWorker::Body`] (a listing or a download), or a `Body` followed by `Abort` when refused.
+    Get { object: u32, name: String },
+    /// The client acknowledged a blob on the worker's stream `stream`; a status other than 0 closes it
+    /// (the worker then ends it with [`StreamFromWorker::End`]).
+    Ack { stream: u32, message: String, status: u16 },
+}
+
+/// Worker-side stream and object events. Everything is checked by the supervisor: indices within
+/// [`MAX_WORKER_STREAMS`] / [`MAX_WORKER_OBJECTS`], names, mimetypes and blob sizes within their bounds, acks
+/// only for open client streams, at most [`STREAM_WINDOW`] unacknowledged blobs per stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StreamFromWorker {
+    /// Offer a browsable object to the owner (`filesystem`); its root is `/`.
+    Filesystem { object: u32, name: String },
+    /// Withdraw an object (`undefine`).
+    Undefine { object: u32 },
+    /// The worker takes `file` uploads from the owner (or no longer does).
+    AcceptFiles { accept: bool },
+    /// Answer to [`StreamToWorker::Get`]: opens the worker's stream `stream` (`body`).
+    Body { object: u32, stream: u32, mimetype: String, name: String },
+    /// Offers a download outside any object (`file`): opens the worker's stream `stream`.
+    File { stream: u32, mimetype: String, name: String },
+    /// Data on the worker's open stream, at most [`STREAM_CHUNK`] bytes.
+    Blob { stream: u32, data: Vec<u8> },
+    /// The worker's stream is complete (`end`).
+    End { stream: u32 },
+    /// The worker gives up its stream with a Guacamole status (a refused or failed download). On the wire:
+    /// `ack` with that status on the stream, then `end`. The Guacamole protocol has no sender-side error,
+    /// so this is a guacr convention; a client that ignores it sees an empty stream.
+    Abort { stream: u32, status: u16, message: String },
+    /// Acknowledges a blob (or the opening) of the client's upload `stream`; a status other than 0 refuses
+    /// the upload and closes the stream.
+    Ack { stream: u32, message: String, status: u16 },
 }
 
 /// Worker → supervisor. Everything here is untrusted input.
@@ -118,6 +193,12 @@ pub enum FromWorker {
     Closed { message: String },
     /// Area of the frame the worker asks to be treated as lossless (reserved for later use).
     Hint { rect: Rect },
+    /// A Guacamole stream or object event for the session's owner (see [`StreamFromWorker`]).
+    Stream(StreamFromWorker),
+    /// Terminal output for the session's typescript (`typescript-path`), at most [`TYPESCRIPT_CHUNK`]
+    /// bytes, in the order the terminal received it. Sent only when the parameters ask for a typescript;
+    /// the supervisor writes it without parsing it.
+    Typescript { data: Vec<u8> },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -255,6 +336,12 @@ mod tests {
         let big = FromWorker::Clipboard { mimetype: "text/plain".into(), data: vec![7; CLIPBOARD_CHUNK], last: true };
         b.send(&big).await.unwrap();
         assert_eq!(a.recv::<FromWorker>().await.unwrap(), Some(big));
+        let blob = FromWorker::Stream(StreamFromWorker::Blob { stream: 3, data: vec![1; STREAM_CHUNK] });
+        b.send(&blob).await.unwrap();
+        assert_eq!(a.recv::<FromWorker>().await.unwrap(), Some(blob));
+        let put = ToWorker::Stream(StreamToWorker::Blob { stream: 9, data: vec![2; CLIENT_STREAM_CHUNK] });
+        a.send(&put).await.unwrap();
+        assert_eq!(b.recv::<ToWorker>().await.unwrap(), Some(put));
         drop(b);
         assert_eq!(a.recv::<FromWorker>().await.unwrap(), None);
     }

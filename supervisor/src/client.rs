@@ -372,14 +372,18 @@ async fn write_stream(
         if batch.is_empty() {
             break;
         }
-        let slices: Vec<IoSlice<'_>> = batch.iter().map(|b| IoSlice::new(b)).collect();
-        let n = match tokio::time::timeout(WRITE_TIMEOUT, write.write_vectored(&slices)).await {
+        // The queued buffers themselves go to the kernel (no copy, no allocation per write).
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        for (slice, bytes) in slices.iter_mut().zip(&batch) {
+            *slice = IoSlice::new(bytes);
+        }
+        let slices = &slices[..batch.len().min(MAX_IOV)];
+        let n = match tokio::time::timeout(WRITE_TIMEOUT, write.write_vectored(slices)).await {
             Ok(Ok(0)) => return Err(ClientError::Closed),
             Ok(Ok(n)) => n,
             Ok(Err(e)) => return Err(e.into()),
             Err(_) => return Err(ClientError::WriteTimeout(WRITE_TIMEOUT)),
         };
-        drop(slices);
         let mut left = n;
         while left > 0 {
             let Some(front) = batch.front_mut() else { break };

@@ -88,6 +88,17 @@ pub struct Config {
     /// (which then coalesces its changes). A client that takes nothing for 15 s is dropped either way.
     #[arg(long, default_value_t = crate::client::DEFAULT_QUEUE_BYTES)]
     pub client_queue_bytes: usize,
+    /// Display encoding: `planned` (tiles, hashes, copy/scroll detection, PNG/JPEG/WebP per region) or
+    /// `naive` (every damaged rectangle as one PNG: the baseline guacr-bench compares against).
+    #[arg(long, value_enum, env = "GUACR_DISPLAY_MODE", default_value_t = DisplayMode::Planned)]
+    pub display_mode: DisplayMode,
+}
+
+/// How frames are encoded (`--display-mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DisplayMode {
+    Planned,
+    Naive,
 }
 
 /// guacr's subcommands; without one, guacr serves.

@@ -11,7 +11,11 @@ mod jail;
 mod limits;
 mod metrics;
 mod protocols;
+mod recording;
 mod session;
+mod sharing;
+mod streams;
+mod typescript;
 mod tls;
 mod worker;
 
@@ -107,6 +111,7 @@ fn run(config: Config) -> anyhow::Result<()> {
         config,
         encoders: Arc::new(tokio::sync::Semaphore::new(threads)),
         metrics: metrics::Metrics::default(),
+        sharing: sharing::Registry::default(),
     });
     runtime.block_on(async move {
         let listener = TcpListener::from_std(std_listener)?;

@@ -103,6 +103,12 @@ pub struct Metrics {
     pub bytes_received: Arc<AtomicU64>,
     /// Time to turn one published frame into instructions.
     pub encode_seconds: Arc<Histogram>,
+    /// Handoff through shared memory: from acquiring a published frame to the encoder thread starting on
+    /// its pixels (waiting for a pool permit and a blocking thread included).
+    pub handoff_seconds: Arc<Histogram>,
+    /// From the worker's `Published` message arriving to the encoder starting: the handoff plus the frame
+    /// scheduler's deliberate coalescing (at least 10 ms between frames, waiting for slow users).
+    pub publish_to_encode_seconds: Arc<Histogram>,
     worker_exits: [AtomicU64; WorkerExit::ALL.len()],
     /// WebSocket tunnel requests refused before anything was spawned, by status code.
     tunnel_refusals: Mutex<BTreeMap<u16, u64>>,
@@ -178,6 +184,14 @@ impl Metrics {
         out.push_str("# HELP guacr_encode_seconds Time to encode one frame into Guacamole instructions.\n");
         out.push_str("# TYPE guacr_encode_seconds histogram\n");
         self.encode_seconds.render(&mut out, "guacr_encode_seconds");
+        out.push_str(
+            "# HELP guacr_frame_handoff_seconds From acquiring a frame in shared memory to its encode starting.\n",
+        );
+        out.push_str("# TYPE guacr_frame_handoff_seconds histogram\n");
+        self.handoff_seconds.render(&mut out, "guacr_frame_handoff_seconds");
+        out.push_str("# HELP guacr_publish_to_encode_seconds From a worker's publish message to the encode starting (scheduling included).\n");
+        out.push_str("# TYPE guacr_publish_to_encode_seconds histogram\n");
+        self.publish_to_encode_seconds.render(&mut out, "guacr_publish_to_encode_seconds");
         out.push_str("# HELP guacr_worker_exits_total Session workers gone, by cause.\n");
         out.push_str("# TYPE guacr_worker_exits_total counter\n");
         for (cause, count) in WorkerExit::ALL.iter().zip(&self.worker_exits) {

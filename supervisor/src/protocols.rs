@@ -5,21 +5,29 @@
 pub enum Protocol {
     Vnc,
     Ssh,
+    Rdp,
+    Rbi,
 }
 
 /// guacd 1.6's vnc parameters, one per line, in guacd's order.
 const VNC_ARGS: &str = include_str!("args/vnc.txt");
 /// guacd 1.6's ssh parameters, one per line, in guacd's order.
 const SSH_ARGS: &str = include_str!("args/ssh.txt");
+/// guacd 1.6's rdp parameters, one per line, in guacd's order.
+const RDP_ARGS: &str = include_str!("args/rdp.txt");
+/// Remote browser isolation (guacr only, no guacd equivalent), one per line.
+const RBI_ARGS: &str = include_str!("args/rbi.txt");
 
 impl Protocol {
     /// Every protocol guacr serves.
-    pub const ALL: [Protocol; 2] = [Protocol::Vnc, Protocol::Ssh];
+    pub const ALL: [Protocol; 4] = [Protocol::Vnc, Protocol::Ssh, Protocol::Rdp, Protocol::Rbi];
 
     pub fn from_name(name: &str) -> Option<Protocol> {
         match name {
             "vnc" => Some(Protocol::Vnc),
             "ssh" => Some(Protocol::Ssh),
+            "rdp" => Some(Protocol::Rdp),
+            "rbi" => Some(Protocol::Rbi),
             _ => None,
         }
     }
@@ -28,6 +36,8 @@ impl Protocol {
         match self {
             Protocol::Vnc => "vnc",
             Protocol::Ssh => "ssh",
+            Protocol::Rdp => "rdp",
+            Protocol::Rbi => "rbi",
         }
     }
 
@@ -36,6 +46,8 @@ impl Protocol {
         let list = match self {
             Protocol::Vnc => VNC_ARGS,
             Protocol::Ssh => SSH_ARGS,
+            Protocol::Rdp => RDP_ARGS,
+            Protocol::Rbi => RBI_ARGS,
         };
         list.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
     }
@@ -45,6 +57,8 @@ impl Protocol {
         match self {
             Protocol::Vnc => "guacr-worker-vnc",
             Protocol::Ssh => "guacr-worker-ssh",
+            Protocol::Rdp => "guacr-worker-rdp",
+            Protocol::Rbi => "guacr-worker-rbi",
         }
     }
 }
@@ -68,5 +82,14 @@ mod tests {
         assert_eq!(&names[..3], &["hostname", "host-key", "port"]);
         assert_eq!(Protocol::from_name("ssh"), Some(Protocol::Ssh));
         assert_eq!(Protocol::Ssh.worker_binary(), "guacr-worker-ssh");
+    }
+
+    #[test]
+    fn rdp_has_guacd_1_6_parameters() {
+        let names = Protocol::Rdp.parameter_names();
+        assert_eq!(names.len(), 90);
+        assert_eq!(&names[..3], &["hostname", "port", "timeout"]);
+        assert_eq!(Protocol::from_name("rdp"), Some(Protocol::Rdp));
+        assert_eq!(Protocol::Rdp.worker_binary(), "guacr-worker-rdp");
     }
 }

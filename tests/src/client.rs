@@ -158,6 +158,8 @@ pub struct ClientState {
     pub open_streams: BTreeMap<i64, StreamData>,
     /// Non-image streams that ended.
     pub finished_streams: Vec<StreamData>,
+    /// Objects the server announced with `filesystem` (index → name) and has not undefined.
+    pub filesystems: BTreeMap<i64, String>,
     /// Images that failed to decode, blobs for unknown streams, bad base64.
     pub image_errors: Vec<String>,
     pub bytes_received: u64,
@@ -201,6 +203,7 @@ impl ClientState {
             name: None,
             open_streams: BTreeMap::new(),
             finished_streams: Vec::new(),
+            filesystems: BTreeMap::new(),
             image_errors: Vec::new(),
             bytes_received: 0,
             connected_at: Instant::now(),
@@ -438,9 +441,14 @@ impl ClientState {
             "mouse" => self.mouse = Some((int(0)?, int(1)?, int(2)?)),
             "name" => self.name = Some(s(0)?.to_owned()),
             // Known, nothing to draw: kept in the log only.
-            "set" | "filesystem" | "undefine" | "log" | "clip" | "push" | "pop" | "reset" | "identity"
-            | "transform" | "distort" | "arc" | "curve" | "line" | "close" | "start" | "cstroke" | "lstroke"
-            | "lfill" | "nest" | "key" | "touch" => {}
+            "filesystem" => {
+                self.filesystems.insert(int(0)?, s(1)?.to_owned());
+            }
+            "undefine" => {
+                self.filesystems.remove(&int(0)?);
+            }
+            "set" | "log" | "clip" | "push" | "pop" | "reset" | "identity" | "transform" | "distort" | "arc"
+            | "curve" | "line" | "close" | "start" | "cstroke" | "lstroke" | "lfill" | "nest" | "key" | "touch" => {}
             _ => {
                 let rec = self.record(ins, at);
                 self.unknown.push(rec);
@@ -479,6 +487,33 @@ impl ClientState {
                 stream.data.len()
             )),
         }
+    }
+}
+
+impl ClientState {
+    /// Plays a session recording (guacd's format: the instructions the server sent, plus recorded input)
+    /// through this client's compositor, as `Guacamole.SessionRecording` does, and returns the final
+    /// state. Stops at the first incomplete or undecodable instruction, as a player does with a file cut
+    /// off mid-write. Nothing is answered (no `sync` echo, no `ack`).
+    pub fn replay(recording: &[u8]) -> ClientState {
+        let mut state = ClientState::new();
+        state.auto_sync = false;
+        state.auto_ack = false;
+        let mut decoder = Decoder::new();
+        decoder.feed(recording);
+        let mut replies = BytesMut::new();
+        let at = Instant::now();
+        loop {
+            match decoder.decode() {
+                Ok(Some(ins)) => state.apply(&ins, at, &mut replies),
+                Ok(None) => break,
+                Err(e) => {
+                    state.decode_error = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        state
     }
 }
 
@@ -806,6 +841,72 @@ impl GuacClient {
         let mut buf = BytesMut::new();
         guac_proto::encode_instruction(&mut buf, opcode, args);
         self.send_raw(&buf).await
+    }
+
+    /// Uploads `data` on a stream the client opens with `opening` (`file` or `put` with its arguments,
+    /// the stream index among them as `stream`), following the server's flow control: waits for the
+    /// opening's `ack`, keeps at most `window` blobs of `blob_size` bytes unacknowledged, sends `end` and
+    /// waits for its `ack`. Returns the first `ack` with a non-zero status, or the final one.
+    pub async fn upload(
+        &self,
+        opening: (&str, &[&str]),
+        stream: u32,
+        data: &[u8],
+        blob_size: usize,
+        window: usize,
+        timeout: Duration,
+    ) -> Result<Ack, ClientError> {
+        let index = stream.to_string();
+        let acks = |st: &ClientState| st.acks.iter().filter(|a| a.stream == index).cloned().collect::<Vec<_>>();
+        let base = acks(&self.state()).len();
+        let failed = |list: &[Ack]| list.iter().skip(base).find(|a| a.status != "0").cloned();
+        self.send(opening.0, opening.1).await?;
+        let chunks: Vec<&[u8]> = data.chunks(blob_size.max(1)).collect();
+        let mut sent: usize = 0;
+        // Acks expected: one for the opening, one per blob, one for `end`.
+        loop {
+            let want = base + 1 + sent.saturating_sub(window.max(1) - 1);
+            let what = format!("ack {} on upload stream {index}", want - base);
+            self.wait_until_named(&what, timeout, |st| {
+                let list = acks(st);
+                list.len() >= want || failed(&list).is_some()
+            })
+            .await?;
+            if let Some(ack) = failed(&acks(&self.state())) {
+                return Ok(ack);
+            }
+            if sent == chunks.len() {
+                break;
+            }
+            let b64 = base64::engine::general_purpose::STANDARD.encode(chunks[sent]);
+            self.send("blob", &[&index, &b64]).await?;
+            sent += 1;
+        }
+        let all = base + 1 + chunks.len();
+        self.wait_until_named("acks for every blob", timeout, |st| {
+            acks(st).len() >= all || failed(&acks(st)).is_some()
+        })
+        .await?;
+        self.send("end", &[&index]).await?;
+        self.wait_until_named("ack for end", timeout, |st| acks(st).len() > all || failed(&acks(st)).is_some()).await?;
+        let list = acks(&self.state());
+        Ok(failed(&list).unwrap_or_else(|| list[list.len() - 1].clone()))
+    }
+
+    /// `get object name`, then waits for the `body` stream it opens to end; returns it (its data
+    /// concatenated; an `ack` the server sent on it, if any, is in [`ClientState::acks`]).
+    pub async fn get(&self, object: i64, name: &str, timeout: Duration) -> Result<StreamData, ClientError> {
+        let object_s = object.to_string();
+        let matches = |d: &StreamData| {
+            d.kind == "body" && d.args.first() == Some(&object_s) && d.args.get(3).map(String::as_str) == Some(name)
+        };
+        let seen = self.state().finished_streams.iter().filter(|d| matches(d)).count();
+        self.send("get", &[&object_s, name]).await?;
+        let what = format!("body stream for {name}");
+        self.wait_until_named(&what, timeout, |st| st.finished_streams.iter().filter(|d| matches(d)).count() > seen)
+            .await?;
+        let st = self.state();
+        Ok(st.finished_streams.iter().filter(|d| matches(d)).nth(seen).cloned().expect("waited for it"))
     }
 
     /// `key keysym pressed`.

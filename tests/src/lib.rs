@@ -34,6 +34,7 @@ pub mod client;
 pub mod display;
 pub mod image;
 pub mod keys;
+pub mod pages;
 pub mod peers;
 pub mod process;
 pub mod web;

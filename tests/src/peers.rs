@@ -190,6 +190,82 @@ fn require_up_named(addr: SocketAddr, what: &str) {
     }
 }
 
+/// An RDP test server started by `scripts/peers.sh` (freerdp-shadow on Xvfb :55, or xrdp).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RdpPeer {
+    pub role: &'static str,
+    pub addr: SocketAddr,
+    pub username: String,
+    pub password: String,
+}
+
+impl RdpPeer {
+    pub fn host(&self) -> String {
+        self.addr.ip().to_string()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn require_up(&self) -> &Self {
+        require_up_named(self.addr, &format!("RDP peer {}", self.role));
+        self
+    }
+
+    /// guacd's parameters for this server: address and the test user's credentials.
+    pub fn rdp_params(&self) -> Vec<(String, String)> {
+        vec![
+            ("hostname".into(), self.host()),
+            ("port".into(), self.port().to_string()),
+            ("username".into(), self.username.clone()),
+            ("password".into(), self.password.clone()),
+        ]
+    }
+}
+
+fn rdp_peer(role: &'static str, addr_var: &str, addr: &str) -> RdpPeer {
+    let a = env_or(addr_var, addr);
+    let addr = a.parse().unwrap_or_else(|e| panic!("{addr_var}={a:?} is not an address like 127.0.0.1:3389: {e}"));
+    RdpPeer {
+        role,
+        addr,
+        username: env_or("GUACR_RDP_USER", "guactest"),
+        password: env_or("GUACR_RDP_PASSWORD", "guacpass"),
+    }
+}
+
+/// freerdp-shadow with `-auth` (TLS or standard RDP security, any credentials).
+pub fn rdp_shadow() -> RdpPeer {
+    rdp_peer("freerdp-shadow (-auth)", "GUACR_RDP_SHADOW", "127.0.0.1:3390")
+}
+
+/// freerdp-shadow with NLA only (NTLM against a SAM file holding the test user).
+pub fn rdp_shadow_nla() -> RdpPeer {
+    rdp_peer("freerdp-shadow (NLA)", "GUACR_RDP_SHADOW_NLA", "127.0.0.1:3391")
+}
+
+/// The X display both freerdp-shadow servers show.
+pub fn rdp_shadow_display() -> String {
+    env_or("GUACR_DISPLAY_RDP_SHADOW", ":55")
+}
+
+/// xrdp (TLS or standard RDP security at crypt_level none; logs in with PAM after connecting).
+pub fn rdp_xrdp() -> RdpPeer {
+    rdp_peer("xrdp", "GUACR_RDP_XRDP", "127.0.0.1:3389")
+}
+
+/// The X display of the test user's running xrdp session (its Xorg's `:N` argument), if any.
+pub fn xrdp_session_display() -> Option<String> {
+    let user = env_or("GUACR_RDP_USER", "guactest");
+    let out = std::process::Command::new("ps").args(["-o", "args=", "-u", &user]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("Xorg") && l.contains("xrdp"))
+        .find_map(|l| l.split_whitespace().find(|a| a.starts_with(':') && a[1..].parse::<u32>().is_ok()))
+        .map(str::to_string)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

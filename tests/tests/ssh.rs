@@ -517,3 +517,70 @@ async fn disable_copy_and_disable_paste() {
         "disable-copy must not send the selection"
     );
 }
+
+/// Polls `path` until it holds `needle` (the typescript is flushed once a second).
+async fn wait_file_contains(path: &std::path::Path, needle: &[u8], timeout: Duration) -> Vec<u8> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let data = std::fs::read(path).unwrap_or_default();
+        if data.windows(needle.len()).any(|w| w == needle) {
+            return data;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never held {:?}: {:?}",
+            path.display(),
+            needle,
+            String::from_utf8_lossy(&data)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_replays_with_scriptreplay() {
+    let guacr = guacr();
+    let peer = peer();
+    let dir = std::env::temp_dir().join(format!("guacr-typescript-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let dir_s = dir.display().to_string();
+    let extra = [
+        ("password", peer.password.as_str()),
+        ("typescript-path", dir_s.as_str()),
+        ("typescript-name", "session"),
+        ("create-typescript-path", "true"),
+    ];
+    let client = open(&guacr, &peer, &extra).await;
+    wait_prompt(&client, &guacr).await;
+    // The output differs from the echoed command line, so finding it proves the command ran.
+    client.type_text("echo hello-$((6*7))-done\n").await.unwrap();
+    let data_path = dir.join("session");
+    wait_file_contains(&data_path, b"hello-42-done", Duration::from_secs(10)).await;
+    client.disconnect().await.unwrap();
+    drop(client);
+    let data = wait_file_contains(&data_path, b"[END TYPESCRIPT]\n", Duration::from_secs(10)).await;
+    let timing = std::fs::read_to_string(dir.join("session.timing")).expect("timing file beside the data");
+    // Well-formed: `seconds bytes` per line, and the counts cover exactly the output between header and footer.
+    let mut total = 0;
+    for line in timing.lines() {
+        let (delay, count) = line.split_once(' ').unwrap_or_else(|| panic!("timing line {line:?}"));
+        assert!(delay.parse::<f64>().is_ok_and(|d| d >= 0.0), "timing line {line:?}");
+        total += count.parse::<usize>().unwrap_or_else(|_| panic!("timing line {line:?}"));
+    }
+    let header = b"[BEGIN TYPESCRIPT]\n".len();
+    let footer = b"\n[END TYPESCRIPT]\n".len();
+    assert_eq!(total, data.len() - header - footer, "timing counts must cover the output");
+    // util-linux's scriptreplay plays it back (its first line, our header, is skipped).
+    let replay = std::process::Command::new("scriptreplay")
+        .arg("--timing")
+        .arg(dir.join("session.timing"))
+        .arg("--typescript")
+        .arg(&data_path)
+        .args(["--maxdelay", "0.01"])
+        .output()
+        .expect("running scriptreplay (bsdutils)");
+    assert!(replay.status.success(), "scriptreplay failed: {}", String::from_utf8_lossy(&replay.stderr));
+    let shown = String::from_utf8_lossy(&replay.stdout);
+    assert!(shown.contains("hello-42-done"), "replay lacks the output: {shown:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -3,7 +3,10 @@
 use std::time::Duration;
 
 pub mod sandbox;
-pub use sandbox::{resolve, resolve_off_thread, sandbox, LandlockLevel, Policy, SandboxError, Sandboxed};
+pub use sandbox::{
+    confine_browser, resolve, resolve_off_thread, sandbox, LandlockLevel, Policy, SandboxError, SandboxProfile,
+    Sandboxed, BROWSER_NOFILE,
+};
 
 use nix::sys::resource::{setrlimit, Resource};
 use shm_proto::{ControlChannel, FrameWriter, FromWorker, ShmError, ToWorker};
@@ -89,6 +92,14 @@ pub fn init_logging(level: &str) {
 /// privileges through exec, bounded memory and descriptors, no core dumps (a core would hold credentials
 /// and screen contents).
 pub fn lockdown(args: &WorkerArgs) -> Result<(), WorkerError> {
+    lockdown_with(args, SandboxProfile::RemoteClient)
+}
+
+/// [`lockdown`] for the given profile. `Browser` leaves the address space unlimited (V8 and
+/// PartitionAlloc reserve terabytes of address space; the session's cgroup `memory.max` bounds what they
+/// use) and allows [`BROWSER_NOFILE`] descriptors, because the browser inherits these limits; the worker
+/// takes the client limits itself once the browser runs ([`confine_browser_worker`]).
+pub fn lockdown_with(args: &WorkerArgs, profile: SandboxProfile) -> Result<(), WorkerError> {
     use nix::sys::prctl;
     prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .map_err(|source| WorkerError::Lockdown { step: "pdeathsig", source })?;
@@ -100,11 +111,28 @@ pub fn lockdown(args: &WorkerArgs) -> Result<(), WorkerError> {
         setrlimit(resource, value, value).map_err(|source| WorkerError::Lockdown { step, source })
     };
     limit(Resource::RLIMIT_CORE, 0, "rlimit core")?;
-    limit(Resource::RLIMIT_NOFILE, 64, "rlimit nofile")?;
-    limit(Resource::RLIMIT_AS, args.max_memory, "rlimit as")?;
+    match profile {
+        SandboxProfile::RemoteClient => {
+            limit(Resource::RLIMIT_NOFILE, 64, "rlimit nofile")?;
+            limit(Resource::RLIMIT_AS, args.max_memory, "rlimit as")?;
+        }
+        SandboxProfile::Browser => limit(Resource::RLIMIT_NOFILE, BROWSER_NOFILE, "rlimit nofile")?,
+    }
     prctl::set_no_new_privs().map_err(|source| WorkerError::Lockdown { step: "no_new_privs", source })?;
     prctl::set_dumpable(false).map_err(|source| WorkerError::Lockdown { step: "dumpable", source })?;
     Ok(())
+}
+
+/// The browser worker's own lock-down, once its browser runs (the browser keeps the limits it was started
+/// with): the client profile's rlimits (64 descriptors, `max_memory` of address space), then [`sandbox`]
+/// with an empty [`Policy`]: no files, no TCP, the seccomp allow-list. Must run single-threaded.
+pub fn confine_browser_worker(args: &WorkerArgs) -> Result<Sandboxed, WorkerError> {
+    let limit = |resource, value: u64, step| {
+        setrlimit(resource, value, value).map_err(|source| WorkerError::Lockdown { step, source })
+    };
+    limit(Resource::RLIMIT_NOFILE, 64, "rlimit nofile")?;
+    limit(Resource::RLIMIT_AS, args.max_memory, "rlimit as")?;
+    Ok(sandbox(&Policy::default())?)
 }
 
 /// What the supervisor's `ToWorker::Start` carries.
@@ -228,6 +256,15 @@ where
     F: FnOnce(WorkerArgs) -> Fut,
     Fut: std::future::Future<Output = i32>,
 {
+    run_worker_with(program, SandboxProfile::RemoteClient, run)
+}
+
+/// [`run_worker`] with the lock-down of the given profile.
+pub fn run_worker_with<F, Fut>(program: &str, profile: SandboxProfile, run: F) -> !
+where
+    F: FnOnce(WorkerArgs) -> Fut,
+    Fut: std::future::Future<Output = i32>,
+{
     let args = match WorkerArgs::from_env() {
         Ok(args) => args,
         Err(e) => {
@@ -237,7 +274,7 @@ where
     };
     init_logging(&args.log_level);
     // Before any network activity: the remote server is hostile.
-    if let Err(error) = lockdown(&args) {
+    if let Err(error) = lockdown_with(&args, profile) {
         tracing::error!(%error, "Lock-down failed");
         std::process::exit(1);
     }

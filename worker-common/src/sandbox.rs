@@ -284,6 +284,76 @@ pub(crate) fn seccomp_filter(policy: &Policy, pid: u64) -> Result<BpfProgram, Sa
 /// One argument comparison: index, width, operator, value.
 struct Cond(u8, SeccompCmpArgLen, SeccompCmpOp, u64);
 
+/// Which lock-down a worker binary asks for. Chosen by the binary itself (never by the supervisor or a
+/// client), see `SECURITY.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxProfile {
+    /// vnc, ssh, rdp: the worker itself talks to the remote server. Everything at once right after exec
+    /// ([`lockdown`](crate::lockdown)), then [`sandbox`] before the first connection.
+    RemoteClient,
+    /// rbi: the worker starts a browser (a launcher process and Chromium) that needs exec, hundreds of
+    /// descriptors and terabytes of address space. Right after exec only what a browser can live with
+    /// (parent-death signal, no core dumps, no_new_privs, not dumpable, descriptors capped at
+    /// [`BROWSER_NOFILE`]); the launcher confines the browser with [`confine_browser`] before exec; once
+    /// the browser runs, [`confine_browser_worker`](crate::confine_browser_worker) gives the worker
+    /// itself the client limits and [`sandbox`] with an empty [`Policy`] (no files, no TCP): it talks to
+    /// the browser only over the pipes it already holds. Seccomp filters survive exec, which is why the
+    /// worker's filter goes up only after the browser was started and binds only the worker.
+    Browser,
+}
+
+/// Descriptor limit for the browser profile before the worker's own lock-down (Chromium keeps a few
+/// hundred open: shared memory, IPC sockets, fonts, its profile's databases).
+pub const BROWSER_NOFILE: u64 = 8192;
+
+/// Directories a browser launched by a worker may read and execute beneath: the system, never `/tmp`,
+/// `/home` or `/root` (other sessions' profile directories and users' files).
+const BROWSER_READ_PATHS: &[&str] = &[
+    "/usr",
+    "/lib",
+    "/lib64",
+    "/lib32",
+    "/bin",
+    "/sbin",
+    "/etc",
+    "/opt",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/var/cache/fontconfig",
+    "/var/lib/dbus",
+];
+
+/// Landlock for a browser's launcher, inherited by the browser it execs: read and execute beneath the
+/// system directories only, everything beneath `profile_dir` (its throwaway profile, `HOME` and
+/// `TMPDIR`), writes to `/dev/null` and `/proc` (Chromium's own sandbox writes `/proc/self/uid_map` and
+/// `oom_score_adj`; DAC still guards other users' files), no TCP bind, and signals and abstract
+/// sockets scoped to the browser. Landlock also keeps the browser from ptracing (or reading the memory of)
+/// anything outside its domain: other sessions' browsers, which share its uid. Outgoing TCP is not
+/// restricted: a browser must reach any web port. Best effort: an older kernel applies what it knows.
+pub fn confine_browser(profile_dir: &std::path::Path) -> Result<LandlockLevel, SandboxError> {
+    let abi = ABI::V6;
+    let existing =
+        |paths: &[&str]| -> Vec<PathBuf> { paths.iter().map(PathBuf::from).filter(|p| p.exists()).collect() };
+    let write = AccessFs::WriteFile | AccessFs::Truncate;
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(abi))?
+        .handle_access(AccessNet::BindTcp)?
+        .scope(Scope::from_all(abi))?
+        .create()?
+        .add_rules(landlock::path_beneath_rules(existing(BROWSER_READ_PATHS), AccessFs::from_read(abi)))?
+        .add_rules(landlock::path_beneath_rules(existing(&["/dev/null", "/proc"]), write))?
+        .add_rules(landlock::path_beneath_rules([profile_dir], AccessFs::from_all(abi)))?
+        .restrict_self()?;
+    Ok(match status.ruleset {
+        RulesetStatus::FullyEnforced => LandlockLevel::Full,
+        RulesetStatus::PartiallyEnforced => LandlockLevel::Partial,
+        RulesetStatus::NotEnforced => LandlockLevel::Unavailable,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! Each layer on its own, in a fresh thread (Landlock and a seccomp filter installed without TSYNC
@@ -350,6 +420,35 @@ mod tests {
         assert_eq!(file.unwrap_err().raw_os_error(), Some(libc::ENOSYS));
         assert!(spawn.is_err(), "no new process");
         assert_eq!(bind.unwrap_err().raw_os_error(), Some(libc::ENOSYS));
+    }
+
+    #[test]
+    fn browser_confinement_keeps_to_the_profile_and_the_system() {
+        let base = std::env::temp_dir().join(format!("guacr-confine-{}", std::process::id()));
+        let (profile, other) = (base.join("profile"), base.join("other-session"));
+        std::fs::create_dir_all(&profile).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("cookies"), "secret").unwrap();
+        let inside = profile.clone();
+        let (level, own, system, foreign, write_outside, bin) = in_thread(move || {
+            let level = confine_browser(&inside).unwrap();
+            let own = std::fs::write(inside.join("state"), "x").and_then(|_| std::fs::read(inside.join("state")));
+            (
+                level,
+                own,
+                std::fs::read("/etc/hostname").map(drop),
+                std::fs::read(other.join("cookies")).map(drop),
+                std::fs::write(other.join("planted"), "x"),
+                std::process::Command::new("/bin/true").status().map(|s| s.success()),
+            )
+        });
+        assert_eq!(level, LandlockLevel::Full);
+        assert_eq!(own.unwrap(), b"x");
+        system.expect("system files stay readable");
+        assert_eq!(foreign.unwrap_err().kind(), ErrorKind::PermissionDenied, "another session's profile");
+        assert_eq!(write_outside.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        assert!(bin.unwrap(), "programs beneath /usr and /bin still run");
+        std::fs::remove_dir_all(&base).unwrap();
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod font;
 pub mod keys;
 pub mod palette;
 pub mod settings;
+pub mod sftp;
 pub mod ssh;
 pub mod term;
 pub mod worker;

@@ -73,15 +73,7 @@ pub const GUACD_SSH_PARAMETERS: [&str; 45] = [
 ];
 
 /// Parameters that are accepted but have no effect yet (reported once as `Unsupported` when set).
-const NOT_IMPLEMENTED: [&str; 17] = [
-    "enable-sftp",
-    "sftp-root-directory",
-    "sftp-disable-download",
-    "sftp-disable-upload",
-    "typescript-path",
-    "typescript-name",
-    "create-typescript-path",
-    "typescript-write-existing",
+const NOT_IMPLEMENTED: [&str; 9] = [
     "recording-path",
     "recording-exclude-output",
     "recording-exclude-mouse",
@@ -128,6 +120,10 @@ pub struct Settings {
     pub disable_copy: bool,
     pub disable_paste: bool,
     pub clipboard_buffer_size: usize,
+    /// `enable-sftp` with its `sftp-*` settings; `None` when SFTP is off.
+    pub sftp: Option<crate::sftp::SftpSettings>,
+    /// `typescript-path` is set: terminal output also goes to the supervisor, which writes the typescript.
+    pub typescript: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -217,6 +213,12 @@ impl Settings {
             disable_copy: params.flag("disable-copy"),
             disable_paste: params.flag("disable-paste"),
             clipboard_buffer_size,
+            typescript: params.get("typescript-path").is_some(),
+            sftp: params.flag("enable-sftp").then(|| crate::sftp::SftpSettings {
+                root: owned("sftp-root-directory").unwrap_or_else(|| "/".into()),
+                disable_download: params.flag("sftp-disable-download"),
+                disable_upload: params.flag("sftp-disable-upload"),
+            }),
         };
         Ok((settings, notes))
     }
@@ -258,7 +260,9 @@ mod tests {
         let (s, notes) = Settings::from_params(&p).unwrap();
         assert_eq!((s.port, s.backspace, s.read_only), (2222, 8, true));
         assert_eq!(s.server_alive_interval, Some(Duration::from_secs(5)));
-        assert_eq!(notes.unsupported, vec!["enable-sftp", "recording-path"]);
+        assert_eq!(notes.unsupported, vec!["recording-path"]);
+        let sftp = s.sftp.expect("enable-sftp");
+        assert_eq!((sftp.root.as_str(), sftp.disable_download, sftp.disable_upload), ("/", false, false));
         assert!(matches!(
             Settings::from_params(&params(&[("hostname", "h"), ("port", "x")])),
             Err(SettingsError::BadValue { name: "port", .. })

@@ -166,6 +166,15 @@ pub async fn connect(
     Ok(Connection { handle, channel })
 }
 
+/// Opens the SFTP subsystem on a second channel of the same connection (`enable-sftp`). Like guacd, a
+/// server without SFTP ends the session: the user asked for file transfer.
+pub async fn open_sftp(handle: &Handle<Client>) -> Result<russh_sftp::client::SftpSession, Failure> {
+    let failed = |e: String| Failure::new(status::UPSTREAM_ERROR, format!("Unable to start SFTP: {e}"));
+    let channel = handle.channel_open_session().await.map_err(|e| failed(e.to_string()))?;
+    channel.request_subsystem(true, "sftp").await.map_err(|e| failed(e.to_string()))?;
+    russh_sftp::client::SftpSession::new(channel.into_stream()).await.map_err(|e| failed(e.to_string()))
+}
+
 async fn authenticate(
     settings: &Settings,
     handle: &mut Handle<Client>,

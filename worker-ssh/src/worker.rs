@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use russh::ChannelMsg;
-use shm_proto::control::CLIPBOARD_CHUNK;
+use shm_proto::control::{StreamFromWorker, StreamToWorker, CLIPBOARD_CHUNK, TYPESCRIPT_CHUNK};
 use shm_proto::{FromWorker, ToWorker};
 use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
@@ -132,14 +132,19 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
                 .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("Cannot sandbox the SSH worker: {e}")))?;
             debug!(?sandboxed, "Sandboxed");
             let (cols, rows) = terminal.grid_size();
-            ssh::connect(&settings, &addrs, cols, rows, terminal.pixel_size()).await
+            let connection = ssh::connect(&settings, &addrs, cols, rows, terminal.pixel_size()).await?;
+            let sftp = match &settings.sftp {
+                Some(_) => Some(ssh::open_sftp(&connection.handle).await?),
+                None => None,
+            };
+            Ok::<_, Failure>((connection, sftp))
         };
         match session.serve_while(connect).await {
             Ok((result, resized)) => result.map(|connection| (connection, resized)),
             Err(code) => return code,
         }
     };
-    let (connection, resized) = match connected {
+    let ((connection, sftp), resized) = match connected {
         Ok(connected) => connected,
         Err(failure) => {
             session.fail(failure.status, failure.message).await;
@@ -167,6 +172,16 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             }
         }
     });
+    // SFTP runs as its own task: a slow transfer never holds up the terminal.
+    let (sftp_tx, sftp_rx) = match (sftp, settings.sftp.clone()) {
+        (Some(sftp), Some(sftp_settings)) => {
+            let (events_tx, events_rx) = mpsc::channel(crate::sftp::QUEUE);
+            let (out_tx, out_rx) = mpsc::channel(64);
+            tokio::spawn(crate::sftp::Service::run(sftp, sftp_settings, events_rx, out_tx));
+            (Some(events_tx), Some(out_rx))
+        }
+        _ => (None, None),
+    };
     let keys = KeyState { backspace: settings.backspace, ..KeyState::default() };
     let mut worker = Worker {
         session,
@@ -183,11 +198,12 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
         paste_buffer: Vec::new(),
         clipboard: String::new(),
         dropped_input: false,
+        sftp: sftp_tx,
     };
     if let Some((w, h)) = resized {
         worker.resize(w, h).await;
     }
-    let end = worker.serve(reader).await;
+    let end = worker.serve(reader, sftp_rx).await;
     writer_task.abort();
     drop(connection.handle);
     let End::Exit(code) = end;
@@ -298,10 +314,16 @@ struct Worker {
     /// The client's clipboard, pasted on middle/right click or Ctrl+Shift+V (as guacd).
     clipboard: String,
     dropped_input: bool,
+    /// The SFTP service's inbox (`enable-sftp`).
+    sftp: Option<mpsc::Sender<StreamToWorker>>,
 }
 
 impl Worker {
-    async fn serve(&mut self, mut reader: russh::ChannelReadHalf) -> End {
+    async fn serve(
+        &mut self,
+        mut reader: russh::ChannelReadHalf,
+        mut sftp: Option<mpsc::Receiver<StreamFromWorker>>,
+    ) -> End {
         let mut heartbeat = heartbeat_timer();
         let mut exit_status = None;
         loop {
@@ -312,6 +334,13 @@ impl Worker {
             tokio::select! {
                 message = reader.wait() => match message {
                     Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        if self.settings.typescript {
+                            for chunk in data.chunks(TYPESCRIPT_CHUNK) {
+                                if let Err(end) = self.send(&FromWorker::Typescript { data: chunk.to_vec() }).await {
+                                    return end;
+                                }
+                            }
+                        }
                         self.terminal.process(&data);
                         let replies = self.terminal.take_replies();
                         self.write(replies);
@@ -341,6 +370,16 @@ impl Worker {
                         return End::Exit(1);
                     }
                 },
+                Some(message) = async {
+                    match &mut sftp {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Err(end) = self.send(&FromWorker::Stream(message)).await {
+                        return end;
+                    }
+                }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {}
                 _ = heartbeat.tick() => {
                     if self.session.control.send(&FromWorker::Heartbeat).await.is_err() {
@@ -462,6 +501,15 @@ impl Worker {
             ToWorker::Heartbeat => self.send(&FromWorker::Heartbeat).await?,
             ToWorker::Shutdown => return Err(End::Exit(0)),
             ToWorker::Start { .. } => warn!("Ignoring a second Start"),
+            ToWorker::Stream(event) => match &self.sftp {
+                // The supervisor bounds every stream's window, so the queue never fills unless it breaks them.
+                Some(sftp) => {
+                    if sftp.try_send(event).is_err() {
+                        warn!("SFTP service is not keeping up; stream event dropped");
+                    }
+                }
+                None => debug!(?event, "Stream event without SFTP; ignored"),
+            },
         }
         Ok(())
     }

@@ -411,6 +411,8 @@ impl Worker {
             ToWorker::Heartbeat => self.send(&FromWorker::Heartbeat).await?,
             ToWorker::Shutdown => return Err(End::Exit(0)),
             ToWorker::Start { .. } => warn!("Ignoring a second Start"),
+            // Only sent to a worker that announced an object or file uploads; this one does neither.
+            ToWorker::Stream(_) => {}
         }
         Ok(())
     }

@@ -1,0 +1,183 @@
+//! Pixel conversion and the image encoders (PNG true colour or palette, JPEG, WebP lossless).
+//!
+//! Input is always the worker's BGRX (rows packed, `width * 4` bytes each). The loops are plain iterator
+//! code over fixed-size chunks so the compiler vectorises them; `benches/display.rs` measures them.
+
+use std::io::Write as _;
+
+/// BGRX → RGB, appended to `out` (cleared first).
+pub fn bgrx_to_rgb(bgrx: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.resize(bgrx.len() / 4 * 3, 0);
+    for (d, s) in out.chunks_exact_mut(3).zip(bgrx.chunks_exact(4)) {
+        d[0] = s[2];
+        d[1] = s[1];
+        d[2] = s[0];
+    }
+}
+
+/// The colour of `bgrx` when every pixel has the same RGB (the padding byte is ignored), as `[r, g, b]`.
+pub fn solid_colour(bgrx: &[u8]) -> Option<[u8; 3]> {
+    let first = u32::from_le_bytes(bgrx.get(..4)?.try_into().ok()?) & 0x00ff_ffff;
+    let all = bgrx.chunks_exact(4).all(|p| u32::from_le_bytes([p[0], p[1], p[2], 0]) == first);
+    all.then(|| {
+        let [b, g, r, _] = first.to_le_bytes();
+        [r, g, b]
+    })
+}
+
+/// A palette of at most 256 colours and one index per pixel, or `None` when `bgrx` has more colours.
+pub struct Palette {
+    /// RGB triples.
+    pub rgb: Vec<u8>,
+    pub indices: Vec<u8>,
+}
+
+/// Open-addressing table size for [`palette`]: a power of two well above 256 keeps probes short.
+const PALETTE_SLOTS: usize = 1024;
+
+/// Builds the palette of `bgrx` if it has at most 256 colours. Runs of equal pixels (most of any text or
+/// UI image) cost one comparison each.
+pub fn palette(bgrx: &[u8]) -> Option<Palette> {
+    let mut keys = [u32::MAX; PALETTE_SLOTS];
+    let mut vals = [0u8; PALETTE_SLOTS];
+    let mut rgb = Vec::with_capacity(256 * 3);
+    let mut indices = Vec::with_capacity(bgrx.len() / 4);
+    let mut last_key = u32::MAX;
+    let mut last_index = 0u8;
+    for p in bgrx.chunks_exact(4) {
+        let key = u32::from_le_bytes([p[0], p[1], p[2], 0]);
+        if key != last_key {
+            let mut slot = (key.wrapping_mul(0x9E37_79B1) >> 22) as usize & (PALETTE_SLOTS - 1);
+            loop {
+                if keys[slot] == key {
+                    last_index = vals[slot];
+                    break;
+                }
+                if keys[slot] == u32::MAX {
+                    let n = rgb.len() / 3;
+                    if n == 256 {
+                        return None;
+                    }
+                    keys[slot] = key;
+                    vals[slot] = n as u8;
+                    rgb.extend_from_slice(&[p[2], p[1], p[0]]);
+                    last_index = n as u8;
+                    break;
+                }
+                slot = (slot + 1) & (PALETTE_SLOTS - 1);
+            }
+            last_key = key;
+        }
+        indices.push(last_index);
+    }
+    Some(Palette { rgb, indices })
+}
+
+/// Which colour layout a PNG gets.
+pub enum PngPixels<'a> {
+    Rgb(&'a [u8]),
+    Rgba(&'a [u8]),
+    Indexed(&'a Palette),
+}
+
+/// PNG with the fast deflate and the Sub filter (true colour) or no filter (palette indices compress well
+/// as they are).
+pub fn png(width: u32, height: u32, pixels: PngPixels<'_>, out: &mut Vec<u8>) {
+    out.clear();
+    let mut encoder = png::Encoder::new(&mut *out, width, height);
+    encoder.set_depth(png::BitDepth::Eight);
+    encoder.set_compression(png::Compression::Fast);
+    let data = match pixels {
+        PngPixels::Rgb(d) => {
+            encoder.set_color(png::ColorType::Rgb);
+            encoder.set_filter(png::Filter::Sub);
+            d
+        }
+        PngPixels::Rgba(d) => {
+            encoder.set_color(png::ColorType::Rgba);
+            encoder.set_filter(png::Filter::Sub);
+            d
+        }
+        PngPixels::Indexed(p) => {
+            encoder.set_color(png::ColorType::Indexed);
+            encoder.set_palette(p.rgb.clone());
+            encoder.set_filter(png::Filter::NoFilter);
+            &p.indices
+        }
+    };
+    // Writing into a Vec cannot fail and the dimensions match the data by construction.
+    if let Ok(mut writer) = encoder.write_header() {
+        let _ = writer.write_image_data(data);
+    }
+}
+
+/// Baseline JPEG of BGRX pixels at `quality` (1..=100), 4:2:0.
+pub fn jpeg(width: u32, height: u32, bgrx: &[u8], quality: u8, out: &mut Vec<u8>) {
+    out.clear();
+    let (Ok(w), Ok(h)) = (u16::try_from(width), u16::try_from(height)) else { return };
+    let encoder = jpeg_encoder::Encoder::new(&mut *out, quality);
+    // BGRA input: the encoder ignores alpha, so the padding byte needs no conversion pass.
+    let _ = encoder.encode(bgrx, w, h, jpeg_encoder::ColorType::Bgra);
+}
+
+/// Lossless WebP of RGB pixels.
+pub fn webp(width: u32, height: u32, rgb: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let encoder = image_webp::WebPEncoder::new(&mut *out);
+    let _ = encoder.encode(rgb, width, height, image_webp::ColorType::Rgb8);
+    let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn solid_ignores_padding() {
+        assert_eq!(solid_colour(&[1, 2, 3, 0, 1, 2, 3, 9]), Some([3, 2, 1]));
+        assert_eq!(solid_colour(&[1, 2, 3, 0, 1, 2, 4, 0]), None);
+        assert_eq!(solid_colour(&[]), None);
+    }
+
+    #[test]
+    fn palette_counts_colours_and_gives_up_past_256() {
+        let mut px = Vec::new();
+        for i in 0..256u32 {
+            px.extend_from_slice(&[i as u8, (i >> 1) as u8, 7, 0xff]);
+            px.extend_from_slice(&[i as u8, (i >> 1) as u8, 7, 0x00]);
+        }
+        let p = palette(&px).expect("256 colours fit");
+        assert_eq!(p.rgb.len(), 256 * 3);
+        assert_eq!(p.indices.len(), 512);
+        assert_eq!(p.indices[0], p.indices[1], "padding byte is ignored");
+        assert_eq!(&p.rgb[3 * p.indices[2] as usize..][..3], &[7, 0, 1]);
+        px.extend_from_slice(&[1, 1, 1, 0]);
+        assert!(palette(&px).is_none());
+    }
+
+    #[test]
+    fn png_round_trips_in_both_layouts() {
+        let decode = |data: &[u8]| {
+            let mut decoder = png::Decoder::new(std::io::Cursor::new(data.to_vec()));
+            decoder.set_transformations(png::Transformations::EXPAND);
+            let mut reader = decoder.read_info().unwrap();
+            let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+            reader.next_frame(&mut buf).unwrap();
+            buf
+        };
+        let mut out = Vec::new();
+        png(2, 1, PngPixels::Rgb(&[255, 0, 0, 0, 255, 0]), &mut out);
+        assert_eq!(&decode(&out)[..6], &[255, 0, 0, 0, 255, 0]);
+        let p = palette(&[0, 0, 255, 0, 0, 255, 0, 0]).unwrap();
+        png(2, 1, PngPixels::Indexed(&p), &mut out);
+        assert_eq!(&decode(&out)[..6], &[255, 0, 0, 0, 255, 0]);
+    }
+
+    #[test]
+    fn rgb_conversion() {
+        let mut out = Vec::new();
+        bgrx_to_rgb(&[1, 2, 3, 4, 5, 6, 7, 8], &mut out);
+        assert_eq!(out, [3, 2, 1, 7, 6, 5]);
+    }
+}

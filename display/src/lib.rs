@@ -1,0 +1,781 @@
+//! guacr's display planner: turns a frame (a complete BGRX image plus the damage that says what changed)
+//! into Guacamole drawing instructions for one user, spending as few CPU cycles and bytes as possible.
+//!
+//! Per user, the planner remembers what the client shows as hashes of 64-pixel row segments: one 64-bit
+//! xxh3 per row of each 64×64 tile. A frame then costs:
+//! - **nothing** for tiles the damage does not touch, and only a hash for damaged tiles whose pixels the
+//!   client already shows;
+//! - a `copy` for each worker `Copy` hint, and for a vertical shift of the changed area that the planner
+//!   finds itself by matching row-segment hashes against what the client shows (scrolling without hints);
+//! - `rect` + `cfill` for a tile of one colour;
+//! - one image per rectangle of neighbouring changed tiles: PNG with a palette when it has at most 256
+//!   colours (text, UI), JPEG for many-coloured tiles that keep changing (video, animation) when the client
+//!   takes JPEG, lossless WebP for other many-coloured areas when the client takes WebP, PNG otherwise.
+//!
+//! Lossy tiles are remembered with their exact pixels and repainted losslessly once quiet for
+//! [`REFRESH_AFTER`], so text never stays blurry ([`Planner::refresh_due`], [`Planner::encode_refresh`]).
+//!
+//! Sans-IO: pixels come through [`Source`], time is a parameter, output is appended to a `BytesMut`.
+//!
+//! Invariant: after any sequence of frames, a client that applied every instruction (in order) shows
+//! exactly the last frame's pixels, except in tiles sent lossy, which are exact again after the refresh.
+//! `tests/planner.rs` checks this with a real compositor on random surfaces and damage.
+
+pub mod image;
+mod naive;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use guac_proto::encode;
+pub use shm_proto::{DamageOp, Rect};
+
+/// Tile side in pixels.
+pub const TILE: u32 = 64;
+/// Composite mode "source over destination" (libguac `GUAC_COMP_OVER`), what guacd uses for `img`/`copy`.
+pub const MODE_OVER: i64 = 14;
+/// A tile sent lossy is repainted losslessly once it has not changed for this long.
+pub const REFRESH_AFTER: Duration = Duration::from_millis(300);
+/// Changes of a tile closer together than this count as one streak; a streak of [`FAST_STREAK`] makes
+/// the tile "fast-changing" (a JPEG candidate).
+const FAST_WINDOW: Duration = Duration::from_millis(250);
+const FAST_STREAK: u8 = 3;
+/// The fewest rows a detected scroll must move; smaller matches are left to the tiles.
+const MIN_SCROLL_ROWS: u32 = 16;
+/// Below this many pixels a many-coloured region stays PNG even when the client takes WebP (WebP's
+/// header and transform set-up do not pay for tiny images).
+const WEBP_MIN_PIXELS: u32 = 128 * 128;
+/// The cost model for merging: bytes of one image's framing (`img`, `end`, blob headers, PNG/JPEG
+/// headers), of one `rect`+`cfill`, and of a 64×64 solid tile inside a compressed image.
+const IMAGE_OVERHEAD: u32 = 160;
+const FILL_COST: u32 = 70;
+const SOLID_TILE_IN_IMAGE: u32 = 40;
+/// Segment hash meaning "unknown": never produced by [`seg_hash`].
+const UNKNOWN: u64 = 0;
+
+/// Where the planner reads pixels: the frame being encoded (a complete image).
+pub trait Source {
+    /// BGRX pixels of `rect` (which lies inside the frame), rows packed at `rect.w * 4` bytes, into `dst`.
+    fn read_rect(&self, rect: Rect, dst: &mut Vec<u8>);
+}
+
+/// What changed in a frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Damage<'a> {
+    pub width: u32,
+    pub height: u32,
+    /// In the order they happened: `Copy` moved pixels the client shows, `Dirty` needs the final pixels.
+    pub ops: &'a [DamageOp],
+    /// Everything may have changed (the damage list overflowed, or a joining user).
+    pub full: bool,
+}
+
+/// How a frame is encoded for its user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Settings {
+    /// The baseline: every damaged rectangle as one PNG, no hashing, no copy detection.
+    pub naive: bool,
+    /// The user's processing lag in ms; lossy quality follows it.
+    pub lag_ms: u32,
+    /// The user accepts `image/jpeg`.
+    pub jpeg: bool,
+    /// The user accepts `image/webp`.
+    pub webp: bool,
+}
+
+impl Settings {
+    /// JPEG quality like guacd: 90 − (lag − 20), clamped to 30..=90.
+    pub fn quality(&self) -> u8 {
+        (90 - (i64::from(self.lag_ms) - 20)).clamp(30, 90) as u8
+    }
+}
+
+/// What one call produced, for tests and benchmarks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub png: u32,
+    pub jpeg: u32,
+    pub webp: u32,
+    pub fills: u32,
+    /// `copy` from worker hints.
+    pub copies: u32,
+    /// `copy` found by scroll detection.
+    pub scrolls: u32,
+    /// Tiles repainted losslessly because their lossy version went quiet.
+    pub refreshed_tiles: u32,
+    /// Damaged tiles whose pixels the client already showed (skipped).
+    pub unchanged_tiles: u32,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct TileInfo {
+    last_change: Option<Instant>,
+    streak: u8,
+}
+
+/// A tile the client shows lossy: its exact pixels (BGRX, `w * h * 4`) for the refresh.
+#[derive(Debug, Clone)]
+struct Lossy {
+    since: Instant,
+    pixels: Vec<u8>,
+}
+
+// Per-frame tile flags.
+const DIRTY: u8 = 1;
+const REHASH: u8 = 2;
+const FORCE: u8 = 4;
+const HASHED: u8 = 8;
+const CHANGED: u8 = 16;
+
+/// One user's display state: what its client shows, as far as the planner knows.
+#[derive(Debug, Default, Clone)]
+pub struct Planner {
+    next_stream: u32,
+    width: u32,
+    height: u32,
+    cols: u32,
+    rows: u32,
+    /// Row-segment hashes of what the client shows (exact pixels, also where it shows them lossy):
+    /// `seg[y * cols + c]` covers pixels `c*64 .. min(c*64+64, width)` of row `y`.
+    seg: Vec<u64>,
+    /// The frame's segment hashes for the tiles hashed in this call (same layout).
+    next: Vec<u64>,
+    tiles: Vec<TileInfo>,
+    lossy: BTreeMap<usize, Lossy>,
+    flags: Vec<u8>,
+    solid: Vec<Option<[u8; 3]>>,
+    buf: Vec<u8>,
+    conv: Vec<u8>,
+    encoded: Vec<u8>,
+}
+
+fn seg_hash(bytes: &[u8]) -> u64 {
+    match xxhash_rust::xxh3::xxh3_64(bytes) {
+        UNKNOWN => 1,
+        h => h,
+    }
+}
+
+/// A rectangle of tiles `[c0, c1) × [r0, r1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct TileRect {
+    c0: u32,
+    c1: u32,
+    r0: u32,
+    r1: u32,
+}
+
+impl Planner {
+    pub fn new() -> Planner {
+        Planner::default()
+    }
+
+    /// The next image stream index. guacamole-common-js reuses a stream slot once it has seen `end`;
+    /// cycling keeps indices small.
+    pub fn stream(&mut self) -> u32 {
+        self.next_stream = self.next_stream % 1000 + 1;
+        self.next_stream
+    }
+
+    /// The size the client's default layer has.
+    pub fn size(&self) -> (u32, u32) {
+        (self.width, self.height)
+    }
+
+    /// Forgets what the client shows (it shows nothing: a joining or resynchronised user).
+    pub fn forget(&mut self) {
+        let stream = self.next_stream;
+        *self = Planner { next_stream: stream, ..Planner::default() };
+    }
+
+    /// Appends everything needed to show `damage.width × damage.height` of `src` to a client that
+    /// shows nothing.
+    pub fn encode_full(
+        &mut self,
+        src: &dyn Source,
+        damage: &Damage<'_>,
+        s: &Settings,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Stats {
+        self.forget();
+        let full = Damage { full: true, ops: &[], ..*damage };
+        self.encode_frame(src, &full, s, now, out)
+    }
+
+    /// When a lossless refresh of lossy tiles is due (`None`: nothing is lossy).
+    pub fn refresh_due(&self) -> Option<Instant> {
+        self.lossy.values().map(|l| l.since + REFRESH_AFTER).min()
+    }
+
+    /// Appends the lossless repaint of every lossy tile that has been quiet for [`REFRESH_AFTER`].
+    pub fn encode_refresh(&mut self, now: Instant, out: &mut BytesMut) -> Stats {
+        let mut st = Stats::default();
+        self.refresh(now, out, &mut st);
+        st
+    }
+
+    /// Appends the instructions that turn what the client shows into `src` (without the final `sync`).
+    pub fn encode_frame(
+        &mut self,
+        src: &dyn Source,
+        d: &Damage<'_>,
+        s: &Settings,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Stats {
+        if s.naive {
+            return naive::encode_naive(self, src, d, out);
+        }
+        let mut st = Stats::default();
+        let resized = (self.width, self.height) != (d.width, d.height);
+        if resized {
+            encode(out, "size").int(0).uint(d.width.into()).uint(d.height.into()).finish();
+            self.reset(d.width, d.height);
+        }
+        if self.cols == 0 || self.rows == 0 {
+            return st;
+        }
+        self.flags.clear();
+        self.flags.resize((self.cols * self.rows) as usize, 0);
+        if d.full || resized {
+            self.flags.fill(DIRTY);
+        } else {
+            for op in d.ops {
+                match *op {
+                    DamageOp::Copy { src_x, src_y, dst } => {
+                        if self.hint_copy(src_x, src_y, dst, out) {
+                            st.copies += 1;
+                        }
+                    }
+                    DamageOp::Dirty(r) => self.mark(r, DIRTY),
+                }
+            }
+        }
+        self.hash_tiles(src);
+        // Tiles a hint copy touched but no damage did: the client now shows the frame's pixels there.
+        for t in 0..self.flags.len() {
+            if self.flags[t] & (HASHED | DIRTY | FORCE) == HASHED {
+                self.sync_tile(t);
+            }
+        }
+        self.find_changed();
+        if !resized {
+            if let Some(sc) = self.detect_scroll() {
+                self.apply_scroll(sc, out);
+                st.scrolls += 1;
+                self.find_changed();
+            }
+        }
+        st.unchanged_tiles = self.flags.iter().filter(|f| **f & (DIRTY | CHANGED | FORCE) == DIRTY).count() as u32;
+        self.paint(src, s, now, out, &mut st);
+        self.refresh(now, out, &mut st);
+        st
+    }
+
+    fn reset(&mut self, width: u32, height: u32) {
+        self.width = width;
+        self.height = height;
+        self.cols = width.div_ceil(TILE);
+        self.rows = height.div_ceil(TILE);
+        let segs = (self.cols * height) as usize;
+        self.seg = vec![UNKNOWN; segs];
+        self.next = vec![UNKNOWN; segs];
+        self.tiles = vec![TileInfo::default(); (self.cols * self.rows) as usize];
+        self.solid = vec![None; (self.cols * self.rows) as usize];
+        self.lossy.clear();
+    }
+
+    fn tile_rect(&self, t: usize) -> Rect {
+        let (c, r) = (t as u32 % self.cols, t as u32 / self.cols);
+        let (x, y) = (c * TILE, r * TILE);
+        Rect::new(x, y, TILE.min(self.width - x), TILE.min(self.height - y))
+    }
+
+    /// Tiles touched by `r` (clipped to the frame).
+    fn tiles_of(&self, r: Rect) -> Option<TileRect> {
+        let x1 = (r.x.saturating_add(r.w)).min(self.width);
+        let y1 = (r.y.saturating_add(r.h)).min(self.height);
+        if r.x >= x1 || r.y >= y1 {
+            return None;
+        }
+        Some(TileRect { c0: r.x / TILE, c1: x1.div_ceil(TILE), r0: r.y / TILE, r1: y1.div_ceil(TILE) })
+    }
+
+    fn mark(&mut self, r: Rect, flag: u8) {
+        if let Some(tr) = self.tiles_of(r) {
+            for row in tr.r0..tr.r1 {
+                for c in tr.c0..tr.c1 {
+                    self.flags[(row * self.cols + c) as usize] |= flag;
+                }
+            }
+        }
+    }
+
+    fn any_lossy(&self, r: Rect) -> bool {
+        let Some(tr) = self.tiles_of(r) else { return false };
+        (tr.r0..tr.r1).any(|row| (tr.c0..tr.c1).any(|c| self.lossy.contains_key(&((row * self.cols + c) as usize))))
+    }
+
+    /// A worker `Copy`: the client copies what it shows; the segment hashes move with the pixels where a
+    /// whole segment moves vertically, and become unknown elsewhere in the destination (rehashed below).
+    fn hint_copy(&mut self, src_x: u32, src_y: u32, dst: Rect, out: &mut BytesMut) -> bool {
+        let src = Rect::new(src_x, src_y, dst.w, dst.h);
+        if dst.w == 0 || dst.h == 0 || !dst.fits(self.width, self.height) || !src.fits(self.width, self.height) {
+            return false;
+        }
+        emit_copy(out, src_x, src_y, dst);
+        let (c0, c1) = (dst.x / TILE, (dst.x + dst.w).div_ceil(TILE));
+        let whole = |c: u32| src_x == dst.x && c * TILE >= dst.x && (c * TILE + TILE).min(self.width) <= dst.x + dst.w;
+        let cols = self.cols as usize;
+        let mut moved = Vec::with_capacity(dst.h as usize * (c1 - c0) as usize);
+        for i in 0..dst.h {
+            for c in c0..c1 {
+                moved.push(if whole(c) { self.seg[(src_y + i) as usize * cols + c as usize] } else { UNKNOWN });
+            }
+        }
+        let mut it = moved.into_iter();
+        for i in 0..dst.h {
+            for c in c0..c1 {
+                self.seg[(dst.y + i) as usize * cols + c as usize] = it.next().unwrap_or(UNKNOWN);
+            }
+        }
+        // Lossy pixels copied, or a lossy tile partly overwritten: repaint the destination's tiles.
+        let lossy = self.any_lossy(src) || self.any_lossy(dst);
+        self.mark(dst, if lossy { REHASH | FORCE } else { REHASH });
+        true
+    }
+
+    /// Hashes every flagged tile of the frame into `next` and notes which are one colour.
+    fn hash_tiles(&mut self, src: &dyn Source) {
+        let cols = self.cols as usize;
+        for row in 0..self.rows {
+            let mut c = 0;
+            while c < self.cols {
+                let t = (row * self.cols + c) as usize;
+                if self.flags[t] & (DIRTY | REHASH | FORCE) == 0 {
+                    c += 1;
+                    continue;
+                }
+                let c0 = c;
+                while c < self.cols && self.flags[(row * self.cols + c) as usize] & (DIRTY | REHASH | FORCE) != 0 {
+                    c += 1;
+                }
+                // One read for the run of tiles: rows are contiguous in the buffer.
+                let x = c0 * TILE;
+                let y = row * TILE;
+                let band = Rect::new(x, y, (c * TILE).min(self.width) - x, TILE.min(self.height - y));
+                src.read_rect(band, &mut self.buf);
+                let stride = band.w as usize * 4;
+                for tc in c0..c {
+                    let t = (row * self.cols + tc) as usize;
+                    let off = (tc - c0) as usize * TILE as usize * 4;
+                    let seg_bytes = ((tc * TILE + TILE).min(self.width) - tc * TILE) as usize * 4;
+                    let first: [u8; 3] = [self.buf[off], self.buf[off + 1], self.buf[off + 2]];
+                    let mut solid = true;
+                    for i in 0..band.h as usize {
+                        let bytes = &self.buf[i * stride + off..][..seg_bytes];
+                        self.next[(y as usize + i) * cols + tc as usize] = seg_hash(bytes);
+                        solid = solid && bytes.chunks_exact(4).all(|p| p[..3] == first);
+                    }
+                    self.solid[t] = solid.then_some([first[2], first[1], first[0]]);
+                    self.flags[t] |= HASHED;
+                }
+            }
+        }
+    }
+
+    fn tile_segs(&self, t: usize) -> impl Iterator<Item = usize> + '_ {
+        let r = self.tile_rect(t);
+        let c = t % self.cols as usize;
+        (r.y..r.y + r.h).map(move |y| y as usize * self.cols as usize + c)
+    }
+
+    fn sync_tile(&mut self, t: usize) {
+        for i in self.tile_segs(t).collect::<Vec<_>>() {
+            self.seg[i] = self.next[i];
+        }
+    }
+
+    /// Sets `CHANGED` on damaged tiles whose hashes differ from what the client shows.
+    fn find_changed(&mut self) {
+        for t in 0..self.flags.len() {
+            if self.flags[t] & DIRTY == 0 {
+                continue;
+            }
+            let differs = self.tile_segs(t).any(|i| self.seg[i] != self.next[i]);
+            if differs {
+                self.flags[t] |= CHANGED;
+            } else {
+                self.flags[t] &= !CHANGED;
+            }
+        }
+    }
+
+    /// The frame's hash of segment (y, c): hashed tiles from `next`, others are what the client shows.
+    fn frame_seg(&self, y: u32, c: u32) -> u64 {
+        let t = ((y / TILE) * self.cols + c) as usize;
+        let i = (y * self.cols + c) as usize;
+        if self.flags[t] & HASHED != 0 {
+            self.next[i]
+        } else {
+            self.seg[i]
+        }
+    }
+
+    /// Looks for one vertical shift of what the client shows that explains many changed rows: the
+    /// bounding box of the changed tiles, a vote per column over rows whose old hash is unique, the best
+    /// shift, the widest run of columns that agree and the longest run of rows where all of them match.
+    fn detect_scroll(&self) -> Option<Scroll> {
+        let changed: Vec<usize> = (0..self.flags.len()).filter(|t| self.flags[*t] & CHANGED != 0).collect();
+        if changed.len() < 2 {
+            return None;
+        }
+        let cols = self.cols;
+        let (mut c0, mut c1, mut r0, mut r1) = (u32::MAX, 0, u32::MAX, 0);
+        for t in &changed {
+            let (c, r) = (*t as u32 % cols, *t as u32 / cols);
+            (c0, c1, r0, r1) = (c0.min(c), c1.max(c + 1), r0.min(r), r1.max(r + 1));
+        }
+        let (y0, y1) = (r0 * TILE, (r1 * TILE).min(self.height));
+        if y1 - y0 < 2 * MIN_SCROLL_ROWS {
+            return None;
+        }
+        let mut votes: HashMap<i64, u32> = HashMap::new();
+        let mut unique: HashMap<u64, Option<u32>> = HashMap::new();
+        for c in c0..c1 {
+            unique.clear();
+            for y in y0..y1 {
+                let h = self.seg[(y * cols + c) as usize];
+                if h != UNKNOWN {
+                    unique.entry(h).and_modify(|v| *v = None).or_insert(Some(y));
+                }
+            }
+            for y in y0..y1 {
+                let new = self.frame_seg(y, c);
+                if new == self.seg[(y * cols + c) as usize] {
+                    continue;
+                }
+                if let Some(Some(old_y)) = unique.get(&new) {
+                    *votes.entry(i64::from(y) - i64::from(*old_y)).or_default() += 1;
+                }
+            }
+        }
+        let (&dy, &n) = votes.iter().max_by_key(|(dy, n)| (**n, -dy.abs()))?;
+        if n < MIN_SCROLL_ROWS {
+            return None;
+        }
+        // Rows y (destination) whose source y - dy lies in the box.
+        let ya = (i64::from(y0) + dy.max(0)) as u32;
+        let yb = (i64::from(y1) + dy.min(0)) as u32;
+        let matches =
+            |y: u32, c: u32| self.frame_seg(y, c) == self.seg[((i64::from(y) - dy) as u32 * cols + c) as usize];
+        let agree: Vec<bool> =
+            (c0..c1).map(|c| (ya..yb).filter(|y| matches(*y, c)).count() as u32 >= MIN_SCROLL_ROWS).collect();
+        let (mut best, mut run_start) = ((0, 0), None);
+        for (i, a) in agree.iter().chain([&false]).enumerate() {
+            match (a, run_start) {
+                (true, None) => run_start = Some(i),
+                (false, Some(s)) => {
+                    if i - s > best.1 - best.0 {
+                        best = (s, i);
+                    }
+                    run_start = None;
+                }
+                _ => {}
+            }
+        }
+        if best.1 == best.0 {
+            return None;
+        }
+        let (sc0, sc1) = (c0 + best.0 as u32, c0 + best.1 as u32);
+        let (mut rows, mut start) = ((0, 0), None);
+        for y in ya..=yb {
+            let ok = y < yb && (sc0..sc1).all(|c| matches(y, c));
+            match (ok, start) {
+                (true, None) => start = Some(y),
+                (false, Some(s)) => {
+                    if y - s > rows.1 - rows.0 {
+                        rows = (s, y);
+                    }
+                    start = None;
+                }
+                _ => {}
+            }
+        }
+        if rows.1 - rows.0 < MIN_SCROLL_ROWS {
+            return None;
+        }
+        let x = sc0 * TILE;
+        let w = (sc1 * TILE).min(self.width) - x;
+        let src_y = (i64::from(rows.0) - dy) as u32;
+        let sc = Scroll { x, w, src_y, dst_y: rows.0, h: rows.1 - rows.0, c0: sc0, c1: sc1 };
+        // Copying lossy pixels would spread them, and a lossy tile partly overwritten would need a repaint
+        // of pixels not hashed yet: leave those cases to the tiles.
+        if self.any_lossy(Rect::new(x, src_y, w, sc.h)) || self.any_lossy(Rect::new(x, rows.0, w, sc.h)) {
+            return None;
+        }
+        Some(sc)
+    }
+
+    fn apply_scroll(&mut self, sc: Scroll, out: &mut BytesMut) {
+        let dst = Rect::new(sc.x, sc.dst_y, sc.w, sc.h);
+        emit_copy(out, sc.x, sc.src_y, dst);
+        let cols = self.cols as usize;
+        let moved: Vec<u64> = (0..sc.h)
+            .flat_map(|i| (sc.c0..sc.c1).map(move |c| (sc.src_y + i) as usize * cols + c as usize))
+            .map(|i| self.seg[i])
+            .collect();
+        let mut it = moved.into_iter();
+        for i in 0..sc.h {
+            for c in sc.c0..sc.c1 {
+                self.seg[(sc.dst_y + i) as usize * cols + c as usize] = it.next().unwrap_or(UNKNOWN);
+            }
+        }
+    }
+
+    /// Paints the changed and forced tiles: solid runs as fills, the rest as images of merged tiles.
+    fn paint(&mut self, src: &dyn Source, s: &Settings, now: Instant, out: &mut BytesMut, st: &mut Stats) {
+        let paint = |f: u8| f & (CHANGED | FORCE) != 0;
+        for t in 0..self.flags.len() {
+            if self.flags[t] & CHANGED != 0 {
+                let info = &mut self.tiles[t];
+                info.streak = match info.last_change {
+                    Some(prev) if now.saturating_duration_since(prev) < FAST_WINDOW => info.streak.saturating_add(1),
+                    _ => 0,
+                };
+                info.last_change = Some(now);
+            }
+            if paint(self.flags[t]) {
+                self.sync_tile(t);
+            }
+        }
+        // Per tile row: runs of painted tiles, split into solid runs (fills) and image runs.
+        let mut open: Vec<TileRect> = Vec::new();
+        let mut images: Vec<TileRect> = Vec::new();
+        for row in 0..self.rows {
+            let mut runs: Vec<(u32, u32)> = Vec::new();
+            let kind = |c: u32| -> Option<Option<[u8; 3]>> {
+                let t = (row * self.cols + c) as usize;
+                paint(self.flags[t]).then_some(self.solid[t])
+            };
+            let mut c = 0;
+            while c < self.cols {
+                let Some(k) = kind(c) else {
+                    c += 1;
+                    continue;
+                };
+                let start = c;
+                while c < self.cols && kind(c) == Some(k) {
+                    c += 1;
+                }
+                match k {
+                    Some(colour) => {
+                        // A short solid run next to an image run is cheaper inside the image; between two
+                        // image runs, absorbing it also saves the second image's framing.
+                        let left = start > 0 && kind(start - 1) == Some(None);
+                        let right = c < self.cols && kind(c) == Some(None);
+                        let separate = FILL_COST + if left && right { IMAGE_OVERHEAD } else { 0 };
+                        if (left || right) && (c - start) * SOLID_TILE_IN_IMAGE < separate {
+                            runs.push((start, c));
+                        } else {
+                            self.fill(TileRect { c0: start, c1: c, r0: row, r1: row + 1 }, colour, out);
+                            st.fills += 1;
+                            for tc in start..c {
+                                self.lossy.remove(&((row * self.cols + tc) as usize));
+                            }
+                        }
+                    }
+                    None => runs.push((start, c)),
+                }
+            }
+            // Join runs that now touch (a solid tile absorbed between two image runs).
+            runs.sort_unstable();
+            let mut joined: Vec<(u32, u32)> = Vec::new();
+            for r in runs {
+                match joined.last_mut() {
+                    Some(last) if last.1 == r.0 => last.1 = r.1,
+                    _ => joined.push(r),
+                }
+            }
+            // Vertical merge: a run with the same columns as one in the row above extends it: no extra
+            // pixels, and one image's framing (IMAGE_OVERHEAD) less, so it always pays.
+            let mut still_open = Vec::new();
+            for (a, b) in joined {
+                if let Some(pos) = open.iter().position(|o| o.c0 == a && o.c1 == b && o.r1 == row) {
+                    let mut o = open.swap_remove(pos);
+                    o.r1 = row + 1;
+                    still_open.push(o);
+                } else {
+                    still_open.push(TileRect { c0: a, c1: b, r0: row, r1: row + 1 });
+                }
+            }
+            images.append(&mut open);
+            open = still_open;
+        }
+        images.append(&mut open);
+        for tr in images {
+            self.image(src, tr, s, now, out, st);
+        }
+    }
+
+    fn fill(&self, tr: TileRect, [r, g, b]: [u8; 3], out: &mut BytesMut) {
+        let (x, y) = (tr.c0 * TILE, tr.r0 * TILE);
+        let (w, h) = ((tr.c1 * TILE).min(self.width) - x, (tr.r1 * TILE).min(self.height) - y);
+        encode(out, "rect").int(0).uint(x.into()).uint(y.into()).uint(w.into()).uint(h.into()).finish();
+        encode(out, "cfill").int(MODE_OVER).int(0).uint(r.into()).uint(g.into()).uint(b.into()).uint(255).finish();
+    }
+
+    /// One image for a rectangle of tiles, in the format that suits it.
+    fn image(
+        &mut self,
+        src: &dyn Source,
+        tr: TileRect,
+        s: &Settings,
+        now: Instant,
+        out: &mut BytesMut,
+        st: &mut Stats,
+    ) {
+        let x = tr.c0 * TILE;
+        let y = tr.r0 * TILE;
+        let rect = Rect::new(x, y, (tr.c1 * TILE).min(self.width) - x, (tr.r1 * TILE).min(self.height) - y);
+        let mut pixels = std::mem::take(&mut self.buf);
+        src.read_rect(rect, &mut pixels);
+        let cols = self.cols;
+        let tiles: Vec<usize> =
+            (tr.r0..tr.r1).flat_map(|r| (tr.c0..tr.c1).map(move |c| (r * cols + c) as usize)).collect();
+        let fast = tiles.iter().filter(|t| self.tiles[**t].streak >= FAST_STREAK).count() * 2 > tiles.len();
+        let lossy = self.encode_image(rect, &pixels, s, fast, out, st);
+        for t in tiles {
+            if lossy {
+                let tr = self.tile_rect(t);
+                let stride = rect.w as usize * 4;
+                let mut tile_px = Vec::with_capacity(tr.w as usize * tr.h as usize * 4);
+                for i in 0..tr.h {
+                    let off = (tr.y - rect.y + i) as usize * stride + (tr.x - rect.x) as usize * 4;
+                    tile_px.extend_from_slice(&pixels[off..off + tr.w as usize * 4]);
+                }
+                self.lossy.insert(t, Lossy { since: now, pixels: tile_px });
+            } else {
+                self.lossy.remove(&t);
+            }
+        }
+        self.buf = pixels;
+    }
+
+    /// Encodes `bgrx` at `rect`; `true` when it went out lossy.
+    fn encode_image(
+        &mut self,
+        rect: Rect,
+        bgrx: &[u8],
+        s: &Settings,
+        fast: bool,
+        out: &mut BytesMut,
+        st: &mut Stats,
+    ) -> bool {
+        let mut encoded = std::mem::take(&mut self.encoded);
+        let (mime, lossy) = if let Some(p) = image::palette(bgrx) {
+            image::png(rect.w, rect.h, image::PngPixels::Indexed(&p), &mut encoded);
+            st.png += 1;
+            ("image/png", false)
+        } else if s.jpeg && fast {
+            image::jpeg(rect.w, rect.h, bgrx, s.quality(), &mut encoded);
+            st.jpeg += 1;
+            ("image/jpeg", true)
+        } else if s.webp && rect.w * rect.h >= WEBP_MIN_PIXELS {
+            image::bgrx_to_rgb(bgrx, &mut self.conv);
+            image::webp(rect.w, rect.h, &self.conv, &mut encoded);
+            st.webp += 1;
+            ("image/webp", false)
+        } else {
+            image::bgrx_to_rgb(bgrx, &mut self.conv);
+            image::png(rect.w, rect.h, image::PngPixels::Rgb(&self.conv), &mut encoded);
+            st.png += 1;
+            ("image/png", false)
+        };
+        let stream = self.stream();
+        emit_image(out, stream, mime, rect.x, rect.y, &encoded);
+        self.encoded = encoded;
+        lossy
+    }
+
+    /// Lossless repaint of lossy tiles quiet for [`REFRESH_AFTER`], a run of tiles per image.
+    fn refresh(&mut self, now: Instant, out: &mut BytesMut, st: &mut Stats) {
+        let due: Vec<usize> =
+            self.lossy.iter().filter(|(_, l)| l.since + REFRESH_AFTER <= now).map(|(t, _)| *t).collect();
+        let mut i = 0;
+        while i < due.len() {
+            // Tiles of one row next to each other: one image.
+            let mut j = i + 1;
+            while j < due.len() && due[j] == due[j - 1] + 1 && !due[j].is_multiple_of(self.cols as usize) {
+                j += 1;
+            }
+            let first = self.tile_rect(due[i]);
+            let last = self.tile_rect(due[j - 1]);
+            let rect = Rect::new(first.x, first.y, last.x + last.w - first.x, first.h);
+            let mut px = Vec::with_capacity(rect.w as usize * rect.h as usize * 4);
+            for row in 0..rect.h as usize {
+                for t in &due[i..j] {
+                    let tw = self.tile_rect(*t).w as usize * 4;
+                    if let Some(l) = self.lossy.get(t) {
+                        px.extend_from_slice(&l.pixels[row * tw..(row + 1) * tw]);
+                    }
+                }
+            }
+            let lossless = Settings { jpeg: false, ..Settings::default() };
+            self.encode_image(rect, &px, &lossless, false, out, st);
+            for t in &due[i..j] {
+                self.lossy.remove(t);
+            }
+            st.refreshed_tiles += (j - i) as u32;
+            i = j;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Scroll {
+    x: u32,
+    w: u32,
+    src_y: u32,
+    dst_y: u32,
+    h: u32,
+    c0: u32,
+    c1: u32,
+}
+
+fn emit_copy(out: &mut BytesMut, src_x: u32, src_y: u32, dst: Rect) {
+    encode(out, "copy")
+        .int(0)
+        .uint(src_x.into())
+        .uint(src_y.into())
+        .uint(dst.w.into())
+        .uint(dst.h.into())
+        .int(MODE_OVER)
+        .int(0)
+        .uint(dst.x.into())
+        .uint(dst.y.into())
+        .finish();
+}
+
+/// `img` + `blob`s + `end` on layer 0.
+pub fn emit_image(out: &mut BytesMut, stream: u32, mime: &str, x: u32, y: u32, data: &[u8]) {
+    encode(out, "img").uint(stream.into()).int(MODE_OVER).int(0).str(mime).uint(x.into()).uint(y.into()).finish();
+    guac_proto::encode_blobs(out, stream, data);
+    encode(out, "end").uint(stream.into()).finish();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quality_follows_lag_like_guacd() {
+        let q = |lag_ms| Settings { lag_ms, ..Settings::default() }.quality();
+        assert_eq!(q(0), 90);
+        assert_eq!(q(20), 90);
+        assert_eq!(q(50), 60);
+        assert_eq!(q(500), 30);
+    }
+}

@@ -1,0 +1,327 @@
+//! guacr end to end against real RDP servers (started by `scripts/peers.sh start`): freerdp-shadow on
+//! Xvfb :55 (port 3390 with `-auth`, TLS or standard RDP security; port 3391 NLA only against a SAM
+//! file) and xrdp with an Xorg session (port 3389). A Guacamole client selects `rdp` with guacd's
+//! parameter names and checks what a user would see against the X server's own screen.
+
+use std::time::{Duration, Instant};
+
+use guacr_tests::peers::{self, RdpPeer};
+use guacr_tests::{artifact_dir, compare, x11_screenshot, GuacClient, GuacrProcess, RgbImage};
+
+const WIDTH: u32 = 1024;
+const HEIGHT: u32 = 768;
+
+/// Tests that type into (or resize) one desktop take turns.
+static SHADOW_DESKTOP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+static XRDP_DESKTOP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn guacr() -> GuacrProcess {
+    GuacrProcess::start().expect("starting guacr")
+}
+
+async fn open(guacr: &GuacrProcess, peer: &RdpPeer, extra: &[(&str, &str)]) -> GuacClient {
+    open_sized(guacr, peer, extra, WIDTH, HEIGHT).await
+}
+
+async fn open_sized(guacr: &GuacrProcess, peer: &RdpPeer, extra: &[(&str, &str)], w: u32, h: u32) -> GuacClient {
+    peer.require_up();
+    let mut client = GuacClient::connect(guacr.addr()).await.expect("connecting to guacr");
+    let mut params = peer.rdp_params();
+    for (k, v) in extra {
+        params.retain(|(name, _)| name != k);
+        params.push((k.to_string(), v.to_string()));
+    }
+    client.handshake("rdp", &params, w, h).await.expect("handshake");
+    client
+}
+
+async fn wait_first_frame(client: &GuacClient, guacr: &GuacrProcess, size: (u32, u32)) {
+    let waited = client
+        .wait_until_named("first full frame", Duration::from_secs(20), |s| {
+            s.last_error().is_some() || (s.frames >= 1 && s.display.size() == size)
+        })
+        .await;
+    if let Some(error) = client.last_error() {
+        panic!("RDP session failed: {error:?}; guacr log:\n{}", guacr.log_tail(40));
+    }
+    waited.unwrap_or_else(|e| panic!("no first frame: {e}; guacr log:\n{}", guacr.log_tail(40)));
+}
+
+async fn wait_error(client: &GuacClient) -> guacr_tests::client::ServerError {
+    client
+        .wait_until_named("error", Duration::from_secs(20), |s| s.last_error().is_some())
+        .await
+        .expect("an error instruction");
+    client.last_error().expect("error")
+}
+
+/// Waits until the client's image matches the X server's own screenshot within tolerance.
+async fn wait_matches_x_server(client: &GuacClient, display: &str, name: &str) -> RgbImage {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let ours = client.screenshot();
+        let truth = x11_screenshot(display).expect("xwd screenshot");
+        let diff = compare(&ours, &truth, 8);
+        if diff.fraction < 0.001 {
+            return ours;
+        }
+        if Instant::now() > deadline {
+            ours.save_png(artifact_dir().join(format!("rdp-{name}-client.png"))).unwrap();
+            truth.save_png(artifact_dir().join(format!("rdp-{name}-xserver.png"))).unwrap();
+            panic!("client image differs from the X server's: {diff}; images in {}", artifact_dir().display());
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+/// Not a trivially matching blank image: the plaid root (and the xterm) are there.
+fn assert_plaid(image: &RgbImage) {
+    assert!(image.count_color(peers::STATIC_ROOT_FG, 8) > 10_000, "plaid foreground missing");
+    assert!(image.count_color(peers::STATIC_ROOT_BG, 8) > 10_000, "plaid background missing");
+}
+
+/// Types a command that paints the X root a fresh colour and waits until the client shows it.
+async fn type_and_see(client: &GuacClient, display: &str, name: &str) {
+    // No window manager on :55: keyboard focus follows the pointer into the xterm at +0+0.
+    client.send_mouse(200, 150, 0).await.unwrap();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let colour = [0x10 + (nanos % 200) as u8, 0xa0, 0x40 + (nanos / 7 % 150) as u8];
+    let hex = format!("#{:02x}{:02x}{:02x}", colour[0], colour[1], colour[2]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.type_text(&format!("clear; echo Typed-Through-RDP; xsetroot -solid '{hex}'\n")).await.unwrap();
+    client
+        .wait_until_named("root window repainted by the typed command", Duration::from_secs(15), move |s| {
+            s.display.pixel(1000, 740).is_some_and(|p| p[..3].iter().zip(colour).all(|(a, b)| a.abs_diff(b) <= 4))
+        })
+        .await
+        .expect("typed command took effect");
+    let ours = wait_matches_x_server(client, display, name).await;
+    let text = ours.crop(0, 0, 400, 60).iter_pixels().filter(|p| p.iter().all(|c| *c >= 0xc0)).count();
+    assert!(text > 50, "no text visible in the xterm's first lines");
+    // Put the plaid back for the pixel tests.
+    client.type_text("xsetroot -mod 16 16 -fg '#d03020' -bg '#2040c0'; clear\n").await.unwrap();
+    client
+        .wait_until_named("plaid restored", Duration::from_secs(15), |s| {
+            s.display.pixel(1000, 740).is_some_and(|p| p[..3] != colour)
+        })
+        .await
+        .expect("plaid restored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshake_speaks_guacd_1_6_rdp() {
+    let guacr = guacr();
+    let peer = peers::rdp_shadow();
+    let client = open(&guacr, &peer, &[("security", "tls"), ("ignore-cert", "true")]).await;
+    let names = client.arg_names().expect("args received");
+    let expected: Vec<String> = include_str!("../../supervisor/src/args/rdp.txt").lines().map(str::to_string).collect();
+    assert_eq!(names.len(), 90);
+    assert_eq!(names, expected, "args must list guacd 1.6's rdp parameter names in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_over_tls_matches_the_x_display() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
+    let guacr = guacr();
+    let client = open(&guacr, &peers::rdp_shadow(), &[("security", "tls"), ("ignore-cert", "true")]).await;
+    wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+    let ours = wait_matches_x_server(&client, &peers::rdp_shadow_display(), "shadow-tls").await;
+    assert_plaid(&ours);
+    // Moving onto the xterm changes the X cursor (an I-beam), which the server sends as a pointer.
+    client.send_mouse(600, 600, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    client.send_mouse(200, 150, 0).await.unwrap();
+    client
+        .wait_until_named("cursor", Duration::from_secs(5), |s| s.display.cursor.is_some())
+        .await
+        .expect("the server's pointer reached the client as its cursor");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_over_standard_rdp_security_matches_the_x_display() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
+    let guacr = guacr();
+    let client = open(&guacr, &peers::rdp_shadow(), &[("security", "rdp")]).await;
+    wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+    assert_plaid(&wait_matches_x_server(&client, &peers::rdp_shadow_display(), "shadow-rdp").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_with_nla_logs_in_and_matches_the_x_display() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
+    let guacr = guacr();
+    let client = open(&guacr, &peers::rdp_shadow_nla(), &[("security", "nla"), ("ignore-cert", "true")]).await;
+    wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+    assert_plaid(&wait_matches_x_server(&client, &peers::rdp_shadow_display(), "shadow-nla").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn security_any_negotiates_with_each_shadow_server() {
+    let guacr = guacr();
+    for peer in [peers::rdp_shadow(), peers::rdp_shadow_nla()] {
+        let client = open(&guacr, &peer, &[("security", "any"), ("ignore-cert", "true")]).await;
+        wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+        client.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nla_with_a_wrong_password_gives_769() {
+    let guacr = guacr();
+    let peer = peers::rdp_shadow_nla();
+    let client = open(&guacr, &peer, &[("security", "nla"), ("ignore-cert", "true"), ("password", "wrongpw")]).await;
+    let error = wait_error(&client).await;
+    assert_eq!(error.status, 769, "{error:?}");
+    client.wait_closed(Duration::from_secs(5)).await.expect("connection closed after the error");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_are_checked_unless_ignored_pinned_or_trusted_on_first_use() {
+    let guacr = guacr();
+    let peer = peers::rdp_shadow();
+    // Strict by default: the self-signed certificate is refused, and the error names its fingerprint.
+    let client = open(&guacr, &peer, &[("security", "tls")]).await;
+    let error = wait_error(&client).await;
+    assert_eq!(error.status, 515, "{error:?}");
+    let fingerprint = error
+        .message
+        .split_whitespace()
+        .find(|w| w.starts_with("sha256:"))
+        .unwrap_or_else(|| panic!("no fingerprint in {:?}", error.message))
+        .trim_end_matches(|c: char| !c.is_ascii_hexdigit())
+        .to_string();
+    // The same certificate pinned with cert-fingerprints is accepted.
+    let pinned = format!("sha256:{}, {fingerprint}", "00".repeat(32));
+    let client = open(&guacr, &peer, &[("security", "tls"), ("cert-fingerprints", &pinned)]).await;
+    wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+    client.disconnect().await.unwrap();
+    // A different pin is not enough.
+    let wrong = format!("sha256:{}", "ab".repeat(32));
+    let client = open(&guacr, &peer, &[("security", "tls"), ("cert-fingerprints", &wrong)]).await;
+    assert_eq!(wait_error(&client).await.status, 515);
+    // cert-tofu accepts a certificate it has not seen.
+    let client = open(&guacr, &peer, &[("security", "tls"), ("cert-tofu", "true")]).await;
+    wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_text_appears_in_the_shadow_xterm() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
+    let guacr = guacr();
+    let client = open(&guacr, &peers::rdp_shadow(), &[("security", "tls"), ("ignore-cert", "true")]).await;
+    wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+    type_and_see(&client, &peers::rdp_shadow_display(), "shadow-typing").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_rdp_server_gives_519() {
+    let guacr = guacr();
+    let port = 1;
+    assert!(!guacr_tests::process::port_listening(port), "something listens on port 1");
+    let mut client = GuacClient::connect(guacr.addr()).await.unwrap();
+    let params = [("hostname", "127.0.0.1".to_string()), ("port", port.to_string())];
+    client.handshake("rdp", &params, WIDTH, HEIGHT).await.expect("handshake");
+    assert_eq!(wait_error(&client).await.status, 519);
+}
+
+/// Logs in to xrdp (the session's Xorg starts on first use) and returns the session's X display.
+async fn xrdp_session(client: &GuacClient, guacr: &GuacrProcess, size: (u32, u32)) -> String {
+    wait_first_frame(client, guacr, size).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(display) = peers::xrdp_session_display() {
+            if x11_screenshot(&display).is_ok_and(|shot| (shot.width, shot.height) == size) {
+                return display;
+            }
+        }
+        assert!(Instant::now() < deadline, "xrdp started no session of {size:?} for the test user");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_over_tls_logs_in_matches_the_session_and_takes_typing() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    let client = open(&guacr, &peers::rdp_xrdp(), &[("security", "tls"), ("ignore-cert", "true")]).await;
+    let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-tls").await);
+    type_and_see(&client, &display, "xrdp-typing").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_odd_width_desktop_is_not_sheared() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    // xrdp pads bitmap rows to a multiple of 4 pixels; a decoder that ignores it shears the image.
+    let (w, h) = (1021, 765);
+    let client = open_sized(&guacr, &peers::rdp_xrdp(), &[("security", "tls"), ("ignore-cert", "true")], w, h).await;
+    let display = xrdp_session(&client, &guacr, (w, h)).await;
+    assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-odd").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_over_standard_rdp_security_logs_in() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    let client = open(&guacr, &peers::rdp_xrdp(), &[("security", "rdp")]).await;
+    let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-rdp").await);
+}
+
+/// Runs `xclip` against the xrdp session's display (as root, let in by the session's `xhost`).
+fn xclip(display: &str, args: &[&str], input: Option<&str>) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("timeout")
+        .args(["5", "xclip", "-display", display, "-selection", "clipboard"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running xclip (package xclip; scripts/test.sh installs it)");
+    let mut stdin = child.stdin.take().unwrap();
+    if let Some(text) = input {
+        stdin.write_all(text.as_bytes()).unwrap();
+    }
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_clipboard_travels_both_ways() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    let client = open(&guacr, &peers::rdp_xrdp(), &[("security", "tls"), ("ignore-cert", "true")]).await;
+    let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    // Client → server: the user's text becomes the session's X clipboard (xrdp's chansrv asks us for it).
+    let pasted = format!("guacr-paste-{}\nsecond line", std::process::id());
+    client.send("clipboard", &["10", "text/plain"]).await.unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pasted.as_bytes());
+    client.send("blob", &["10", &b64]).await.unwrap();
+    client.send("end", &["10"]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = xclip(&display, &["-o"], None);
+        if String::from_utf8_lossy(&out.stdout) == pasted {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session's clipboard never held the pasted text: {:?} {:?}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Server → client: text put on the session's clipboard arrives as a clipboard stream.
+    let copied = format!("guacr-copy-{}", std::process::id());
+    let out = xclip(&display, &["-i"], Some(&copied));
+    assert!(out.status.success(), "xclip -i failed: {}", String::from_utf8_lossy(&out.stderr));
+    client
+        .wait_until_named("clipboard from the server", Duration::from_secs(10), move |s| {
+            s.finished_streams.iter().any(|st| st.kind == "clipboard" && String::from_utf8_lossy(&st.data) == copied)
+        })
+        .await
+        .expect("the session's clipboard arrived as a clipboard stream");
+}

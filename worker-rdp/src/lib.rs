@@ -1,0 +1,8 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code)]
+
+pub mod cert;
+pub mod clipboard;
+pub mod keymap;
+pub mod settings;
+pub mod worker;
