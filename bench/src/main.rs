@@ -13,6 +13,7 @@
 
 mod measure;
 mod rbi;
+mod sharing;
 mod vnc;
 mod workload;
 
@@ -32,6 +33,7 @@ fn registry() -> Vec<Box<dyn Workload>> {
     let mut all = Vec::new();
     all.extend(vnc::workloads());
     all.extend(rbi::workloads());
+    all.extend(sharing::workloads());
     all
 }
 

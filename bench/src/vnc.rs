@@ -205,14 +205,14 @@ fn near(p: [u8; 4], c: [u8; 3]) -> bool {
 }
 
 /// Does the probe block on session `client` show `c` anywhere?
-fn block_shows(client: &guacr_tests::ClientState, c: [u8; 3]) -> bool {
+pub(crate) fn block_shows(client: &guacr_tests::ClientState, c: [u8; 3]) -> bool {
     (PROBE_Y..PROBE_Y + PROBE_SIZE)
         .step_by(2)
         .any(|y| (PROBE_X..PROBE_X + PROBE_SIZE).any(|x| client.display.pixel(x, y).is_some_and(|p| near(p, c))))
 }
 
 /// The next marker colour (from index `i` on) that the probe block does not show yet; advances `i`.
-fn fresh_colour(client: &GuacClient, i: &mut usize) -> [u8; 3] {
+pub(crate) fn fresh_colour(client: &GuacClient, i: &mut usize) -> [u8; 3] {
     loop {
         let c = colour(*i);
         *i += 1;
@@ -225,7 +225,12 @@ fn fresh_colour(client: &GuacClient, i: &mut usize) -> [u8; 3] {
 /// Paints the root of `display` with `xsetroot` (solid `fg`, or a 16×16 plaid of `fg` on `bg`) and
 /// returns the time from spawning xsetroot until session `client` shows `fg` in the probe block, or
 /// None when it did not arrive within [`PROBE_TIMEOUT`] (counted as a miss, not an error).
-async fn marker(client: &GuacClient, display: &str, fg: [u8; 3], bg: Option<[u8; 3]>) -> Result<Option<Duration>> {
+pub(crate) async fn marker(
+    client: &GuacClient,
+    display: &str,
+    fg: [u8; 3],
+    bg: Option<[u8; 3]>,
+) -> Result<Option<Duration>> {
     let mut cmd = tokio::process::Command::new("xsetroot");
     cmd.arg("-display").arg(display);
     match bg {

@@ -72,7 +72,17 @@ fn parse_instructions(b: Bencher) {
     // A frame's worth of output: copies, fills and image blobs.
     let mut wire = BytesMut::new();
     for i in 0..200u64 {
-        guac_proto::encode(&mut wire, "copy").int(0).uint(i).uint(0).uint(64).uint(64).int(14).int(0).uint(0).uint(i).finish();
+        guac_proto::encode(&mut wire, "copy")
+            .int(0)
+            .uint(i)
+            .uint(0)
+            .uint(64)
+            .uint(64)
+            .int(14)
+            .int(0)
+            .uint(0)
+            .uint(i)
+            .finish();
         guac_proto::encode_blobs(&mut wire, 1, &[i as u8; 6000]);
     }
     let wire = wire.freeze();
@@ -103,7 +113,8 @@ fn tile_hash_1080p(b: Bencher) {
 fn bgrx_to_rgb_1080p(b: Bencher) {
     let s = photo();
     let mut out = Vec::new();
-    b.counter(divan::counter::BytesCount::new(s.px.len())).bench_local(|| image::bgrx_to_rgb(black_box(&s.px), &mut out));
+    b.counter(divan::counter::BytesCount::new(s.px.len()))
+        .bench_local(|| image::bgrx_to_rgb(black_box(&s.px), &mut out));
 }
 
 #[divan::bench]

@@ -148,6 +148,8 @@ pub struct Planner {
     buf: Vec<u8>,
     conv: Vec<u8>,
     encoded: Vec<u8>,
+    /// This frame's dirty rectangles (clipped to the frame); `None` when the whole frame counts as dirty.
+    dirty: Option<Vec<Rect>>,
 }
 
 fn seg_hash(bytes: &[u8]) -> u64 {
@@ -239,9 +241,18 @@ impl Planner {
         }
         self.flags.clear();
         self.flags.resize((self.cols * self.rows) as usize, 0);
+        self.dirty = None;
         if d.full || resized {
             self.flags.fill(DIRTY);
         } else {
+            let (w, h) = (self.width, self.height);
+            let clipped = d.ops.iter().filter_map(|op| match op {
+                DamageOp::Dirty(r) if r.x < w && r.y < h => {
+                    Some(Rect::new(r.x, r.y, r.w.min(w - r.x), r.h.min(h - r.y)))
+                }
+                _ => None,
+            });
+            self.dirty = Some(clipped.collect());
             for op in d.ops {
                 match *op {
                     DamageOp::Copy { src_x, src_y, dst } => {
@@ -318,6 +329,11 @@ impl Planner {
         (tr.r0..tr.r1).any(|row| (tr.c0..tr.c1).any(|c| self.lossy.contains_key(&((row * self.cols + c) as usize))))
     }
 
+    fn any_flag(&self, r: Rect, flag: u8) -> bool {
+        let Some(tr) = self.tiles_of(r) else { return false };
+        (tr.r0..tr.r1).any(|row| (tr.c0..tr.c1).any(|c| self.flags[(row * self.cols + c) as usize] & flag != 0))
+    }
+
     /// A worker `Copy`: the client copies what it shows; the segment hashes move with the pixels where a
     /// whole segment moves vertically, and become unknown elsewhere in the destination (rehashed below).
     fn hint_copy(&mut self, src_x: u32, src_y: u32, dst: Rect, out: &mut BytesMut) -> bool {
@@ -342,7 +358,8 @@ impl Planner {
             }
         }
         // Lossy pixels copied, or a lossy tile partly overwritten: repaint the destination's tiles.
-        let lossy = self.any_lossy(src) || self.any_lossy(dst);
+        // Tiles forced earlier in this frame still show copied lossy pixels: they count as lossy.
+        let lossy = self.any_lossy(src) || self.any_flag(src, FORCE) || self.any_lossy(dst);
         self.mark(dst, if lossy { REHASH | FORCE } else { REHASH });
         true
     }
@@ -444,6 +461,28 @@ impl Planner {
         }
         let mut votes: HashMap<i64, u32> = HashMap::new();
         let mut unique: HashMap<u64, Option<u32>> = HashMap::new();
+        // Whole rows of the box first: a line of text is unique as a whole even where its 64-pixel pieces
+        // repeat (the same digits in many lines). Weighted by width so that they outvote single columns.
+        let row_sig = |y: u32, of: &dyn Fn(u32, u32) -> u64| {
+            (c0..c1).fold(0u64, |acc, c| (acc ^ of(y, c)).wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(29))
+        };
+        let old_seg = |y: u32, c: u32| self.seg[(y * cols + c) as usize];
+        let new_seg = |y: u32, c: u32| self.frame_seg(y, c);
+        for y in y0..y1 {
+            if (c0..c1).all(|c| old_seg(y, c) != UNKNOWN) {
+                unique.entry(row_sig(y, &old_seg)).and_modify(|v| *v = None).or_insert(Some(y));
+            }
+        }
+        for y in y0..y1 {
+            let new = row_sig(y, &new_seg);
+            if new == row_sig(y, &old_seg) {
+                continue;
+            }
+            if let Some(Some(old_y)) = unique.get(&new) {
+                *votes.entry(i64::from(y) - i64::from(*old_y)).or_default() += c1 - c0;
+            }
+        }
+        // Then column by column, for shifts of part of the box (one window scrolls, its neighbour not).
         for c in c0..c1 {
             unique.clear();
             for y in y0..y1 {
@@ -513,7 +552,11 @@ impl Planner {
         let sc = Scroll { x, w, src_y, dst_y: rows.0, h: rows.1 - rows.0, c0: sc0, c1: sc1 };
         // Copying lossy pixels would spread them, and a lossy tile partly overwritten would need a repaint
         // of pixels not hashed yet: leave those cases to the tiles.
-        if self.any_lossy(Rect::new(x, src_y, w, sc.h)) || self.any_lossy(Rect::new(x, rows.0, w, sc.h)) {
+        // Tiles forced by a hint copy of lossy pixels count as lossy too (the client shows those pixels
+        // until they are repainted below).
+        let src = Rect::new(x, src_y, w, sc.h);
+        let dst = Rect::new(x, rows.0, w, sc.h);
+        if self.any_lossy(src) || self.any_lossy(dst) || self.any_flag(src, FORCE) || self.any_flag(dst, FORCE) {
             return None;
         }
         Some(sc)
@@ -639,13 +682,18 @@ impl Planner {
     ) {
         let x = tr.c0 * TILE;
         let y = tr.r0 * TILE;
-        let rect = Rect::new(x, y, (tr.c1 * TILE).min(self.width) - x, (tr.r1 * TILE).min(self.height) - y);
-        let mut pixels = std::mem::take(&mut self.buf);
-        src.read_rect(rect, &mut pixels);
+        let whole = Rect::new(x, y, (tr.c1 * TILE).min(self.width) - x, (tr.r1 * TILE).min(self.height) - y);
         let cols = self.cols;
         let tiles: Vec<usize> =
             (tr.r0..tr.r1).flat_map(|r| (tr.c0..tr.c1).map(move |c| (r * cols + c) as usize)).collect();
         let fast = tiles.iter().filter(|t| self.tiles[**t].streak >= FAST_STREAK).count() * 2 > tiles.len();
+        // Outside the damage the client already shows the frame's pixels exactly, unless a tile shows lossy
+        // pixels (or copied ones): then the whole tiles go out. A JPEG candidate also keeps whole tiles,
+        // whose exact pixels the refresh needs.
+        let exact = !fast && tiles.iter().all(|t| self.flags[*t] & FORCE == 0 && !self.lossy.contains_key(t));
+        let rect = if exact { self.damage_within(whole).unwrap_or(whole) } else { whole };
+        let mut pixels = std::mem::take(&mut self.buf);
+        src.read_rect(rect, &mut pixels);
         let lossy = self.encode_image(rect, &pixels, s, fast, out, st);
         for t in tiles {
             if lossy {
@@ -662,6 +710,20 @@ impl Planner {
             }
         }
         self.buf = pixels;
+    }
+
+    /// The bounding box of this frame's dirty rectangles within `r` (`None`: the whole frame is dirty, or
+    /// none of them touches `r`).
+    fn damage_within(&self, r: Rect) -> Option<Rect> {
+        let (mut x0, mut y0, mut x1, mut y1) = (u32::MAX, u32::MAX, 0, 0);
+        for d in self.dirty.as_ref()? {
+            let (ax, ay) = (d.x.max(r.x), d.y.max(r.y));
+            let (bx, by) = ((d.x + d.w).min(r.x + r.w), (d.y + d.h).min(r.y + r.h));
+            if ax < bx && ay < by {
+                (x0, y0, x1, y1) = (x0.min(ax), y0.min(ay), x1.max(bx), y1.max(by));
+            }
+        }
+        (x0 < x1 && y0 < y1).then(|| Rect::new(x0, y0, x1 - x0, y1 - y0))
     }
 
     /// Encodes `bgrx` at `rect`; `true` when it went out lossy.

@@ -92,4 +92,13 @@ mod tests {
         assert_eq!(Protocol::from_name("rdp"), Some(Protocol::Rdp));
         assert_eq!(Protocol::Rdp.worker_binary(), "guacr-worker-rdp");
     }
+
+    #[test]
+    fn rbi_is_registered() {
+        let names = Protocol::Rbi.parameter_names();
+        assert_eq!(&names[..3], &["url", "allowed-urls", "denied-urls"]);
+        assert!(names.contains(&"no-sandbox") && names.contains(&"disable-paste"));
+        assert_eq!(Protocol::from_name("rbi"), Some(Protocol::Rbi));
+        assert_eq!(Protocol::Rbi.worker_binary(), "guacr-worker-rbi");
+    }
 }

@@ -397,6 +397,18 @@ mod tests {
     }
 
     #[test]
+    fn a_write_error_ends_the_recording_not_the_caller() {
+        // /dev/full fails every write with ENOSPC: the disk-full case.
+        let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let (queue, incoming) = mpsc::channel::<Bytes>();
+        let (queued, failed) = (AtomicUsize::new(0), AtomicBool::new(false));
+        queue.send(Bytes::from(vec![b'x'; 512 * 1024])).unwrap();
+        drop(queue);
+        write_loop(full, Path::new("/dev/full"), incoming, &queued, &failed);
+        assert!(failed.load(Ordering::Relaxed));
+    }
+
+    #[test]
     fn recorder_writes_output_and_requested_input_then_closes() {
         let dir = temp_dir("writer");
         let mut s = settings(&dir);

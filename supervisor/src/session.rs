@@ -1444,7 +1444,9 @@ impl<'a> Session<'a> {
                 }
             }
             FromWorker::Unsupported { parameter } => {
-                let known = self.protocol.parameter_names().contains(&parameter.as_str());
+                // The recording parameters are the supervisor's, whatever the worker makes of them.
+                let ours = parameter.starts_with("recording-") || parameter == "create-recording-path";
+                let known = !ours && self.protocol.parameter_names().contains(&parameter.as_str());
                 if known && self.reported_unsupported.len() < 64 && self.reported_unsupported.insert(parameter.clone())
                 {
                     info!(%parameter, "Parameter accepted but not implemented yet; ignored");

@@ -420,3 +420,23 @@ async fn javascript_dialogs_never_block_the_page() {
     // alert accepted, confirm and prompt cancelled: the script runs to its end and paints green.
     wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::GREEN, "dialogs").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_browser_ends_the_session_and_leaves_nothing() {
+    let server = PageServer::start().await.unwrap();
+    let guacr = guacr();
+    let before: BTreeSet<u32> = guacr.worker_pids().into_iter().collect();
+    let client = open(&guacr, &server.url("/colour/00c800"), &[]).await;
+    wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::GREEN, "hang-before").await;
+    let tree = session_tree(&guacr, &before).await;
+    // A stopped browser answers nothing: the worker's ping times out (15 s) and the user gets 515.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tree.browser as i32), nix::sys::signal::Signal::SIGSTOP).unwrap();
+    client
+        .wait_until_named("an error after the browser hung", Duration::from_secs(30), |s| !s.errors.is_empty())
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", guacr.log_tail(40)));
+    let error = client.last_error().unwrap();
+    assert_eq!(error.status, 515, "{error:?}");
+    assert!(error.message.contains("stopped responding"), "{error:?}");
+    wait_gone(&tree.profile, &guacr).await;
+}

@@ -300,6 +300,7 @@ async fn xrdp_clipboard_travels_both_ways() {
     let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pasted.as_bytes());
     client.send("blob", &["10", &b64]).await.unwrap();
     client.send("end", &["10"]).await.unwrap();
+    // guacd's default normalize-clipboard ("preserve") keeps the line ends as they are.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let out = xclip(&display, &["-o"], None);

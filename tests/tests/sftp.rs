@@ -205,7 +205,7 @@ async fn disabled_transfers_are_refused_with_a_status() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropped_file_lands_in_the_home_directory() {
+async fn dropped_file_lands_in_the_home_directory_or_the_root() {
     let peer = peer();
     let area = Area::new(&peer, "drop");
     let (home, _, _) = test_user(&peer.username);
@@ -213,7 +213,8 @@ async fn dropped_file_lands_in_the_home_directory() {
     let target = home.join(&name);
     let _ = std::fs::remove_file(&target);
     let guacr = GuacrProcess::start().expect("starting guacr");
-    let client = open(&guacr, &peer, &area.dir, &[]).await;
+    // Root `/`: guacd's upload path, the login's home directory.
+    let client = open(&guacr, &peer, Path::new("/"), &[]).await;
     let data = pseudo_random(100_000, 3);
     let ack = client.upload(("file", &["2", "text/plain", &name]), 2, &data, 6048, 4, TIMEOUT).await.expect("upload");
     assert_eq!(ack.status, "0", "{ack:?}");
@@ -226,4 +227,10 @@ async fn dropped_file_lands_in_the_home_directory() {
         .await
         .expect("refusal");
     assert_eq!(ack.status, "768", "CLIENT_BAD_REQUEST: {ack:?}");
+    // A confining root keeps dropped files inside it.
+    let confined = open(&guacr, &peer, &area.dir, &[]).await;
+    let ack = confined.upload(("file", &["2", "text/plain", &name]), 2, b"inside", 6048, 4, TIMEOUT).await.unwrap();
+    assert_eq!(ack.status, "0", "{ack:?}");
+    assert_eq!(std::fs::read(area.dir.join(&name)).expect("dropped file in the root"), b"inside");
+    assert!(!target.exists(), "nothing lands outside the root");
 }

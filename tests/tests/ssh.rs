@@ -584,3 +584,74 @@ async fn typescript_replays_with_scriptreplay() {
     assert!(shown.contains("hello-42-done"), "replay lacks the output: {shown:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_characters_take_two_cells() {
+    let guacr = guacr();
+    let peer = peer();
+    let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
+    wait_prompt(&client, &guacr).await;
+    // "A", U+4E2D (CJK, two cells; DejaVu has no glyph: a box two cells wide), "B" in the fourth cell.
+    client.type_text("clear; printf 'A\\344\\270\\255B\\n'\n").await.unwrap();
+    let mut font = Font::new(12, 96).unwrap();
+    let (cw, ch) = (font.cell_width, font.cell_height);
+    let width = 4 * cw;
+    let mut rgb = vec![0u8; (width * ch * 3) as usize];
+    for (x0, c, wide) in [(0, 'A', false), (cw, '\u{4e2d}', true), (3 * cw, 'B', false)] {
+        let mask = font.glyph(c, 0, wide).clone();
+        for y in 0..mask.height {
+            for x in 0..mask.width {
+                let a = mask.coverage[(y * mask.width + x) as usize] as u16;
+                let at = ((y * width + x0 + x) * 3) as usize;
+                for k in 0..3 {
+                    rgb[at + k] = ((FG[k] as u16 * a + BG[k] as u16 * (255 - a) + 127) / 255) as u8;
+                }
+            }
+        }
+    }
+    let expected = RgbImage::from_raw(width, ch, rgb).unwrap();
+    let result = client
+        .wait_until_named("wide character row", Duration::from_secs(10), move |s| {
+            s.display.screenshot().crop(0, 0, 4 * cw, ch) == expected
+        })
+        .await;
+    if let Err(e) = result {
+        client.save_png(artifact_dir().join("ssh-wide.png")).ok();
+        panic!("{e}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vt100_function_keys_and_keypad_reach_a_raw_reader() {
+    let guacr = guacr();
+    let peer = peer();
+    let extra = [("password", peer.password.as_str()), ("func-keys-and-keypad", "vt100")];
+    let client = open(&guacr, &peer, &extra).await;
+    wait_prompt(&client, &guacr).await;
+    // The application turns on keypad application mode (DECKPAM) and reads 9 raw bytes.
+    client.type_text("clear; printf '\\033='; stty raw -echo; head -c 9 | od -An -c; stty sane\n").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // F1, keypad 5, keypad minus.
+    for keysym in [0xffbe, 0xffb5, 0xffad] {
+        client.send_key(keysym, true).await.unwrap();
+        client.send_key(keysym, false).await.unwrap();
+    }
+    // What od prints for the bytes VT100 sends for them, rendered by our own font in the first row.
+    let od = std::process::Command::new("sh")
+        .args(["-c", "printf '\\033OP\\033Ou\\033Om' | od -An -c"])
+        .output()
+        .expect("running od");
+    let text = String::from_utf8(od.stdout).unwrap().trim_end().to_string();
+    let mut font = Font::new(12, 96).unwrap();
+    let (w, h, rgb) = font.render_line(&text, FG, BG);
+    let expected = RgbImage::from_raw(w, h, rgb).unwrap();
+    let result = client
+        .wait_until_named("od output", Duration::from_secs(10), move |s| {
+            s.display.screenshot().crop(0, 0, w, h) == expected
+        })
+        .await;
+    if let Err(e) = result {
+        client.save_png(artifact_dir().join("ssh-vt100-keys.png")).ok();
+        panic!("{e}; expected od to print {text:?}");
+    }
+}

@@ -80,20 +80,37 @@ fn decode_png(bytes: &[u8], max_width: u32, max_height: u32) -> Result<Image, Re
 /// Writes the tiles of `image` that differ from the BGRX `back` surface (`stride` bytes per row, a frame
 /// of `frame_width` × `frame_height`), and returns the changed areas (runs of tiles along a tile row).
 /// Parts of the image outside the frame are ignored.
+///
+/// Each band of [`TILE`] rows is converted to BGRX once into a scratch buffer, so the comparison and the
+/// copy are plain slice operations (`memcmp`, `memcpy`).
 pub fn draw(back: &mut [u8], stride: usize, frame_width: u32, frame_height: u32, image: &Image) -> Vec<Rect> {
     let width = image.width.min(frame_width);
     let height = image.height.min(frame_height);
+    let row_bytes = width as usize * 4;
+    let src_stride = image.width as usize * 3;
+    let mut band = vec![0u8; row_bytes * TILE as usize];
     let mut damage = Vec::new();
     let mut ty = 0;
     while ty < height {
         let th = TILE.min(height - ty);
+        for r in 0..th as usize {
+            let src = &image.rgb[(ty as usize + r) * src_stride..][..width as usize * 3];
+            let dst = &mut band[r * row_bytes..][..row_bytes];
+            for (d, s) in dst.chunks_exact_mut(4).zip(src.chunks_exact(3)) {
+                d.copy_from_slice(&[s[2], s[1], s[0], 0]);
+            }
+        }
         let mut run: Option<Rect> = None;
         let mut tx = 0;
         while tx < width {
             let tw = TILE.min(width - tx);
-            let changed = tile_differs(back, stride, image, tx, ty, tw, th);
+            let (from, len) = (tx as usize * 4, tw as usize * 4);
+            let surface = |r: usize| (ty as usize + r) * stride + from;
+            let changed = (0..th as usize).any(|r| back[surface(r)..][..len] != band[r * row_bytes + from..][..len]);
             if changed {
-                write_tile(back, stride, image, tx, ty, tw, th);
+                for r in 0..th as usize {
+                    back[surface(r)..][..len].copy_from_slice(&band[r * row_bytes + from..][..len]);
+                }
                 run = Some(match run {
                     Some(r) => Rect::new(r.x, r.y, r.w + tw, r.h),
                     None => Rect::new(tx, ty, tw, th),
@@ -107,26 +124,6 @@ pub fn draw(back: &mut [u8], stride: usize, frame_width: u32, frame_height: u32,
         ty += th;
     }
     damage
-}
-
-fn tile_differs(back: &[u8], stride: usize, image: &Image, x: u32, y: u32, w: u32, h: u32) -> bool {
-    let src_stride = image.width as usize * 3;
-    (y..y + h).any(|row| {
-        let dst = &back[row as usize * stride + x as usize * 4..][..w as usize * 4];
-        let src = &image.rgb[row as usize * src_stride + x as usize * 3..][..w as usize * 3];
-        dst.chunks_exact(4).zip(src.chunks_exact(3)).any(|(d, s)| d[0] != s[2] || d[1] != s[1] || d[2] != s[0])
-    })
-}
-
-fn write_tile(back: &mut [u8], stride: usize, image: &Image, x: u32, y: u32, w: u32, h: u32) {
-    let src_stride = image.width as usize * 3;
-    for row in y..y + h {
-        let dst = &mut back[row as usize * stride + x as usize * 4..][..w as usize * 4];
-        let src = &image.rgb[row as usize * src_stride + x as usize * 3..][..w as usize * 3];
-        for (d, s) in dst.chunks_exact_mut(4).zip(src.chunks_exact(3)) {
-            d.copy_from_slice(&[s[2], s[1], s[0], 0]);
-        }
-    }
 }
 
 #[cfg(test)]

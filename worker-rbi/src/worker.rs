@@ -108,7 +108,6 @@ enum Pending {
     Ping,
     History(i64),
     Selection,
-    Other(&'static str),
 }
 
 /// The browser's process side, as the worker holds it.
@@ -322,17 +321,23 @@ struct Worker {
 }
 
 impl Worker {
+    /// A command whose answer the worker needs. At most a handful are outstanding at once (start-up, one
+    /// ping, a history or selection request per key press), so a browser that never answers cannot
+    /// grow the map by much.
     fn command(&mut self, session: Option<String>, method: &'static str, params: Value, pending: Pending) {
         let id = self.cdp.command(session.as_deref(), method, params);
         self.pending.insert(id, pending);
     }
 
+    /// A command whose answer is not needed (input, acknowledgements, settings): not tracked, so input
+    /// to a browser that never answers costs nothing; its errors show up at debug level as unknown ids.
     fn browser_command(&mut self, method: &'static str, params: Value) {
-        self.command(None, method, params, Pending::Other(method));
+        self.cdp.command(None, method, params);
     }
 
     fn page_command(&mut self, method: &'static str, params: Value) {
-        self.command(self.page.clone(), method, params, Pending::Other(method));
+        let page = self.page.clone();
+        self.cdp.command(page.as_deref(), method, params);
     }
 
     fn begin_cdp(&mut self) {
@@ -359,6 +364,13 @@ impl Worker {
             let pending_output = !self.cdp.pending_output().is_empty();
             tokio::select! {
                 read = receiver.read(&mut buf) => match read {
+                    Ok(0) | Err(_) if self.page.is_none() => {
+                        return End::Fail(Failure::new(
+                            status::UPSTREAM_UNAVAILABLE,
+                            "The browser exited while starting (its last words are in guacr's log; on a host \
+                             without user namespaces for the worker user, set no-sandbox).",
+                        ));
+                    }
                     Ok(0) | Err(_) => {
                         return End::Fail(Failure::new(status::UPSTREAM_ERROR, "The browser stopped unexpectedly."));
                     }
@@ -426,7 +438,9 @@ impl Worker {
         match message {
             Incoming::Answer { id, result } => {
                 let Some(pending) = self.pending.remove(&id) else {
-                    debug!(id, "Answer to no command");
+                    if let Err(error) = result {
+                        debug!(id, %error, "Browser refused a command");
+                    }
                     return Ok(());
                 };
                 match result {
@@ -495,7 +509,6 @@ impl Worker {
                     }
                 }
             }
-            Pending::Other(_) => {}
         }
         Ok(())
     }

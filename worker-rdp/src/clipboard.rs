@@ -96,16 +96,42 @@ impl CliprdrBackend for Backend {
     fn on_unlock(&mut self, _data_id: LockDataId) {}
 }
 
-/// CF_UNICODETEXT bytes (UTF-16LE, NUL-terminated, CRLF line ends) → text with `\n` line ends.
+/// CF_UNICODETEXT bytes (UTF-16LE, NUL-terminated) → text.
 pub fn decode_unicode_text(bytes: &[u8]) -> String {
     let units: Vec<u16> =
         bytes.chunks_exact(2).map(|p| u16::from_le_bytes([p[0], p[1]])).take_while(|u| *u != 0).collect();
-    String::from_utf16_lossy(&units).replace("\r\n", "\n")
+    String::from_utf16_lossy(&units)
 }
 
-/// Text → CRLF line ends, as Windows clipboards and xrdp's chansrv expect.
-pub fn to_crlf(text: &str) -> String {
-    text.replace("\r\n", "\n").replace('\n', "\r\n")
+/// guacd's `normalize-clipboard`: line ends of the text sent to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LineEnds {
+    /// As the user's clipboard has them (guacd's default, "preserve").
+    #[default]
+    Preserve,
+    /// `\n` ("unix").
+    Unix,
+    /// `\r\n` ("windows").
+    Windows,
+}
+
+impl LineEnds {
+    pub fn from_name(name: &str) -> Option<LineEnds> {
+        match name.trim() {
+            "preserve" => Some(LineEnds::Preserve),
+            "unix" => Some(LineEnds::Unix),
+            "windows" => Some(LineEnds::Windows),
+            _ => None,
+        }
+    }
+
+    pub fn apply(self, text: &str) -> String {
+        match self {
+            LineEnds::Preserve => text.to_string(),
+            LineEnds::Unix => text.replace("\r\n", "\n"),
+            LineEnds::Windows => text.replace("\r\n", "\n").replace('\n', "\r\n"),
+        }
+    }
 }
 
 /// The longest prefix of `text` that fits `max` bytes without splitting a character.
@@ -126,9 +152,12 @@ mod tests {
 
     #[test]
     fn unicode_text_round_trip() {
-        let text = "a\nb€";
-        let wire: Vec<u8> = to_crlf(text).encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect();
+        let text = "a\r\nb€";
+        let wire: Vec<u8> = text.encode_utf16().chain([0]).flat_map(u16::to_le_bytes).collect();
         assert_eq!(decode_unicode_text(&wire), text);
+        assert_eq!(LineEnds::Windows.apply("a\nb\r\n"), "a\r\nb\r\n");
+        assert_eq!(LineEnds::Unix.apply("a\r\nb\n"), "a\nb\n");
+        assert_eq!(LineEnds::from_name("preserve").unwrap().apply("a\r\n"), "a\r\n");
         assert_eq!(decode_unicode_text(&[0x41, 0, 0, 0, 0x42, 0]), "A");
         assert_eq!(truncate("ab€", 3), "ab");
     }

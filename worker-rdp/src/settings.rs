@@ -5,6 +5,7 @@ use std::time::Duration;
 use shm_proto::control::Params;
 
 use crate::cert::{CertPolicy, Fingerprint};
+use crate::clipboard::LineEnds;
 use crate::keymap::Layout;
 
 /// guacd 1.6's rdp parameter names in its order: the same file the supervisor sends in `args`.
@@ -17,8 +18,7 @@ pub fn parameters() -> impl Iterator<Item = &'static str> {
 
 /// Parameters this worker honours. Some are honoured by what the worker never does: it asks for no
 /// audio, GFX, caches or lossy codecs, so `disable-audio`, `disable-gfx`, `disable-*-caching` and
-/// `force-lossless` need no action. `normalize-clipboard` is accepted: clipboard text always goes to
-/// the server with CRLF line ends and to the client with LF.
+/// `force-lossless` need no action.
 const IMPLEMENTED: [&str; 35] = [
     "hostname",
     "port",
@@ -156,6 +156,8 @@ pub struct Settings {
     pub disable_copy: bool,
     pub disable_paste: bool,
     pub clipboard_buffer_size: usize,
+    /// `normalize-clipboard`: line ends of text pasted to the server.
+    pub line_ends: LineEnds,
     pub wallpaper: bool,
     pub theming: bool,
     pub font_smoothing: bool,
@@ -261,6 +263,13 @@ impl Settings {
                 }
             },
         };
+        let line_ends = match params.get("normalize-clipboard") {
+            None => LineEnds::Preserve,
+            Some(name) => LineEnds::from_name(name).unwrap_or_else(|| {
+                notes.warnings.push(format!("normalize-clipboard {name:?} is not preserve, unix or windows; preserving"));
+                LineEnds::Preserve
+            }),
+        };
         let cert = CertPolicy {
             ignore: params.flag("ignore-cert"),
             tofu: params.flag("cert-tofu"),
@@ -288,6 +297,7 @@ impl Settings {
             disable_copy: params.flag("disable-copy"),
             disable_paste: params.flag("disable-paste"),
             clipboard_buffer_size,
+            line_ends,
             wallpaper: params.flag("enable-wallpaper"),
             theming: params.flag("enable-theming"),
             font_smoothing: params.flag("enable-font-smoothing"),

@@ -182,6 +182,7 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
         disable_copy: settings.disable_copy,
         disable_paste: settings.disable_paste,
         clipboard_buffer_size: settings.clipboard_buffer_size,
+        line_ends: settings.line_ends,
     };
     match worker.serve(framed).await {
         End::Exit(code) => code,
@@ -480,6 +481,7 @@ struct Worker {
     disable_copy: bool,
     disable_paste: bool,
     clipboard_buffer_size: usize,
+    line_ends: clip::LineEnds,
 }
 
 impl Worker {
@@ -586,7 +588,7 @@ impl Worker {
                     ClipEvent::DataRequest(format) => {
                         let response = match (&self.local_text, format == ClipboardFormatId::CF_UNICODETEXT) {
                             (Some(text), true) if !self.disable_paste => {
-                                FormatDataResponse::new_unicode_string(&clip::to_crlf(text))
+                                FormatDataResponse::new_unicode_string(&self.line_ends.apply(text))
                             }
                             _ => FormatDataResponse::new_error(),
                         };
@@ -601,15 +603,32 @@ impl Worker {
                     }
                 }
             };
-            let messages = messages.map_err(|e| {
-                End::Fail(Failure::new(status::UPSTREAM_ERROR, format!("RDP clipboard channel failed: {e}")))
-            })?;
-            let bytes = self.active.process_svc_processor_messages(messages).map_err(|e| {
-                End::Fail(Failure::new(status::UPSTREAM_ERROR, format!("RDP clipboard channel failed: {}", e.report())))
-            })?;
-            write(framed, &bytes).await?;
+            self.send_clipboard_messages(framed, messages).await?;
         }
         Ok(())
+    }
+
+    /// Sends what the clipboard channel produced. A clipboard the channel refuses (e.g. a request
+    /// before it is ready) costs the user that copy or paste, not the session.
+    async fn send_clipboard_messages(
+        &mut self,
+        framed: &mut Framed,
+        messages: ironrdp_pdu::PduResult<ironrdp_cliprdr::CliprdrSvcMessages<ironrdp_cliprdr::Client>>,
+    ) -> Result<(), End> {
+        let messages = match messages {
+            Ok(messages) => messages,
+            Err(error) => {
+                warn!(%error, "RDP clipboard channel refused a message; clipboard update dropped");
+                return Ok(());
+            }
+        };
+        match self.active.process_svc_processor_messages(messages) {
+            Ok(bytes) => write(framed, &bytes).await,
+            Err(error) => {
+                warn!(error = %error.report(), "RDP clipboard message could not be encoded; dropped");
+                Ok(())
+            }
+        }
     }
 
     /// The server's clipboard text to the user, in chunks.
@@ -644,13 +663,8 @@ impl Worker {
             // The channel asks for our format list once it is up.
             return Ok(());
         }
-        let messages = cliprdr.initiate_copy(&text_formats(true)).map_err(|e| {
-            End::Fail(Failure::new(status::UPSTREAM_ERROR, format!("RDP clipboard channel failed: {e}")))
-        })?;
-        let bytes = self.active.process_svc_processor_messages(messages).map_err(|e| {
-            End::Fail(Failure::new(status::UPSTREAM_ERROR, format!("RDP clipboard channel failed: {}", e.report())))
-        })?;
-        write(framed, &bytes).await
+        let messages = cliprdr.initiate_copy(&text_formats(true));
+        self.send_clipboard_messages(framed, messages).await
     }
 
     /// The Deactivation-Reactivation sequence (the server changed the desktop, e.g. its size).

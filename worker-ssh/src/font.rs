@@ -14,6 +14,7 @@ pub const ITALIC: u8 = 2;
 pub struct FontError(String);
 
 /// A coverage mask of `width × height` bytes (0 = background, 255 = foreground).
+#[derive(Debug, Clone)]
 pub struct Mask {
     pub width: u32,
     pub height: u32,
@@ -98,6 +99,13 @@ impl Font {
             // Not in the bold/oblique face: try the regular one before giving up.
             id = self.faces[0].glyph_id(c);
         }
+        if id.0 == 0 && !c.is_whitespace() && !c.is_control() {
+            // DejaVu has no glyph (CJK, emoji). No CJK font is loaded: it would cost every worker several MB
+            // (it cannot be mapped shared once sandboxed, so it would be read into private memory). A box
+            // the width of the character's cells shows clearly that something is there and how wide it is.
+            Self::placeholder(&mut coverage, width, height);
+            return Mask { width, height, coverage };
+        }
         let face = if face.glyph_id(c).0 == 0 { &self.faces[0] } else { face };
         let advance = face.as_scaled(self.scale).h_advance(id);
         // Centre glyphs narrower or wider than the cell (wide characters).
@@ -118,9 +126,44 @@ impl Font {
     }
 }
 
+impl Font {
+    /// A one-pixel rectangle one pixel inside the cell(s), from an eighth of the height below the top to an
+    /// eighth above the bottom.
+    fn placeholder(coverage: &mut [u8], width: u32, height: u32) {
+        if width < 3 || height < 3 {
+            return;
+        }
+        let (x0, x1) = (1, width - 2);
+        let (y0, y1) = (height / 8, height - 1 - height / 8);
+        for y in y0..=y1 {
+            for x in x0..=x1 {
+                if y == y0 || y == y1 || x == x0 || x == x1 {
+                    coverage[(y * width + x) as usize] = 255;
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn missing_glyphs_are_boxes_as_wide_as_their_cells() {
+        let mut font = Font::new(12, 96).unwrap();
+        let (w, h) = (font.cell_width, font.cell_height);
+        let cjk = font.glyph('\u{4e2d}', 0, true).clone();
+        assert_eq!((cjk.width, cjk.height), (2 * w, h));
+        let at = |m: &Mask, x: u32, y: u32| m.coverage[(y * m.width + x) as usize];
+        // Left and right edges of the box sit in the first and the second cell.
+        assert_eq!(at(&cjk, 1, h / 2), 255);
+        assert_eq!(at(&cjk, 2 * w - 2, h / 2), 255);
+        assert_eq!(at(&cjk, w, h / 2), 0, "hollow");
+        let narrow = font.glyph('\u{e000}', 0, false).clone();
+        assert_eq!(narrow.width, w);
+        assert_eq!(at(&narrow, w - 2, h / 2), 255);
+    }
 
     #[test]
     fn twelve_points_at_96_dpi() {

@@ -10,6 +10,11 @@ pub struct KeyState {
     pub application_cursor: bool,
     /// The byte BackSpace sends (`backspace`, default 127).
     pub backspace: u8,
+    /// DECKPAM: the application asked for keypad application mode (`ESC =`).
+    pub application_keypad: bool,
+    /// `func-keys-and-keypad=vt100`: VT100 function keys (also the KP_F1–KP_F4 keysyms) and, in keypad
+    /// application mode, VT100 keypad sequences. guacd's default ("esc") sends what an xterm sends.
+    pub vt100_keys: bool,
 }
 
 /// What a key press asks for besides bytes.
@@ -51,7 +56,15 @@ impl KeyState {
         let csi = |s: &str| KeyAction::Send(format!("\x1b[{s}").into_bytes());
         let ss3 = |s: &str| KeyAction::Send(format!("\x1bO{s}").into_bytes());
         let cursor = |c: &str| if self.application_cursor { ss3(c) } else { csi(c) };
+        let vt100_keypad = self.vt100_keys && self.application_keypad;
         let action = match keysym {
+            // VT100 keypad in application mode: digits ESC O p..y, and the keys the VT100 had.
+            0xffb0..=0xffb9 if vt100_keypad => ss3(&char::from(b'p' + (keysym - 0xffb0) as u8).to_string()),
+            0xffad if vt100_keypad => ss3("m"),
+            0xffae if vt100_keypad => ss3("n"),
+            // No comma key on PC keypads: `*` sends the VT100's comma, `+` its Enter (as guacd).
+            0xffaa if vt100_keypad => ss3("l"),
+            0xffab if vt100_keypad => ss3("M"),
             0xff08 => KeyAction::Send(vec![self.backspace]),
             0xff09 => KeyAction::Send(b"\t".to_vec()),
             0xfe20 => csi("Z"), // ISO_Left_Tab (Shift+Tab)
@@ -69,10 +82,10 @@ impl KeyState {
             0xff56 | 0xff9b => csi("6~"),
             0xff63 | 0xff9e => csi("2~"),
             0xffff | 0xff9f => csi("3~"),
-            0xffbe => ss3("P"),
-            0xffbf => ss3("Q"),
-            0xffc0 => ss3("R"),
-            0xffc1 => ss3("S"),
+            0xffbe | 0xff91 => ss3("P"),
+            0xffbf | 0xff92 => ss3("Q"),
+            0xffc0 | 0xff93 => ss3("R"),
+            0xffc1 | 0xff94 => ss3("S"),
             0xffc2 => csi("15~"),
             0xffc3 => csi("17~"),
             0xffc4 => csi("18~"),
@@ -174,6 +187,31 @@ mod tests {
         s.update_modifiers(ALT_L, true);
         assert_eq!(send(&s, 'x' as u32), b"\x1bx");
         assert!(!s.update_modifiers('x' as u32, true));
+    }
+
+    #[test]
+    fn vt100_function_keys_and_keypad() {
+        let mut s = state();
+        // Keypad characters in numeric mode, with or without vt100.
+        assert_eq!(send(&s, 0xffb5), b"5");
+        s.vt100_keys = true;
+        assert_eq!(send(&s, 0xffb5), b"5", "numeric keypad mode");
+        s.application_keypad = true;
+        let keypad: Vec<Vec<u8>> = (0xffb0..=0xffb9).map(|k| send(&s, k)).collect();
+        assert_eq!(keypad[0], b"\x1bOp");
+        assert_eq!(keypad[9], b"\x1bOy");
+        assert_eq!(send(&s, 0xffad), b"\x1bOm");
+        assert_eq!(send(&s, 0xffae), b"\x1bOn");
+        assert_eq!(send(&s, 0xffaa), b"\x1bOl");
+        assert_eq!(send(&s, 0xffab), b"\x1bOM");
+        // F1-F4 and KP_F1-KP_F4: SS3 P..S; F5 and up as xterm.
+        assert_eq!(send(&s, 0xffbe), b"\x1bOP");
+        assert_eq!(send(&s, 0xff94), b"\x1bOS");
+        assert_eq!(send(&s, 0xffc2), b"\x1b[15~");
+        assert_eq!(send(&s, 0xffc9), b"\x1b[24~");
+        // guacd's default ("esc"): application keypad mode does not change the keypad.
+        s.vt100_keys = false;
+        assert_eq!(send(&s, 0xffb0), b"0");
     }
 
     #[test]

@@ -73,17 +73,8 @@ pub const GUACD_SSH_PARAMETERS: [&str; 45] = [
 ];
 
 /// Parameters that are accepted but have no effect yet (reported once as `Unsupported` when set).
-const NOT_IMPLEMENTED: [&str; 9] = [
-    "recording-path",
-    "recording-exclude-output",
-    "recording-exclude-mouse",
-    "recording-include-keys",
-    "recording-include-clipboard",
-    "create-recording-path",
-    "recording-write-existing",
-    "func-keys-and-keypad",
-    "wol-send-packet",
-];
+/// `recording-*` and `typescript-*` are the supervisor's to act on (it writes both files).
+const NOT_IMPLEMENTED: [&str; 1] = ["wol-send-packet"];
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
@@ -124,6 +115,9 @@ pub struct Settings {
     pub sftp: Option<crate::sftp::SftpSettings>,
     /// `typescript-path` is set: terminal output also goes to the supervisor, which writes the typescript.
     pub typescript: bool,
+    /// `func-keys-and-keypad`: `vt100` (VT100 function keys and application keypad) or guacd's default
+    /// `esc` (xterm's sequences).
+    pub vt100_keys: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -214,6 +208,14 @@ impl Settings {
             disable_paste: params.flag("disable-paste"),
             clipboard_buffer_size,
             typescript: params.get("typescript-path").is_some(),
+            vt100_keys: match params.get("func-keys-and-keypad") {
+                None | Some("esc") => false,
+                Some("vt100") => true,
+                Some(other) => {
+                    notes.warnings.push(format!("func-keys-and-keypad {other:?} is not esc or vt100; using esc"));
+                    false
+                }
+            },
             sftp: params.flag("enable-sftp").then(|| crate::sftp::SftpSettings {
                 root: owned("sftp-root-directory").unwrap_or_else(|| "/".into()),
                 disable_download: params.flag("sftp-disable-download"),
@@ -254,13 +256,13 @@ mod tests {
             ("backspace", "8"),
             ("read-only", "true"),
             ("enable-sftp", "true"),
-            ("recording-path", "/tmp/x"),
+            ("wol-send-packet", "true"),
             ("server-alive-interval", "5"),
         ]);
         let (s, notes) = Settings::from_params(&p).unwrap();
         assert_eq!((s.port, s.backspace, s.read_only), (2222, 8, true));
         assert_eq!(s.server_alive_interval, Some(Duration::from_secs(5)));
-        assert_eq!(notes.unsupported, vec!["recording-path"]);
+        assert_eq!(notes.unsupported, vec!["wol-send-packet"]);
         let sftp = s.sftp.expect("enable-sftp");
         assert_eq!((sftp.root.as_str(), sftp.disable_download, sftp.disable_upload), ("/", false, false));
         assert!(matches!(

@@ -1,7 +1,8 @@
 //! SFTP file transfer over the session's own SSH connection (`enable-sftp`), as guacd offers it: one
 //! Guacamole `filesystem` object rooted at `sftp-root-directory` for browsing (`get` of a directory: a JSON
 //! listing), downloads (`get` of a file) and uploads (`put`), plus plain `file` uploads (drag and drop)
-//! into the login's home directory, guacd's default upload path.
+//! into the login's home directory, guacd's default upload path (into the root when
+//! `sftp-root-directory` confines the user to something other than `/`).
 //!
 //! The service runs as its own task: the session loop hands it the owner's stream events and forwards
 //! what it answers, so a slow SFTP server never stalls the terminal. Flow control follows the Guacamole
@@ -161,8 +162,14 @@ impl Service {
                 if !plain_file_name(&name) {
                     return self.ack(stream, "SFTP: Illegal filename", CLIENT_BAD_REQUEST).await;
                 }
-                // Relative: the SFTP server resolves it against the login's home directory.
-                self.open_upload(stream, name).await
+                // guacd's default upload path is "." (the login's home directory). With a root other than
+                // `/` the admin confined the user to it, so dropped files land in the root instead.
+                let path = if self.settings.root.trim_end_matches('/').is_empty() {
+                    name
+                } else {
+                    resolve(&self.settings.root, &name).unwrap_or(name)
+                };
+                self.open_upload(stream, path).await
             }
             StreamToWorker::Put { stream, name, .. } => match resolve(&self.settings.root, &name) {
                 Some(path) => self.open_upload(stream, path).await,

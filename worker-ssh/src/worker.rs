@@ -182,7 +182,7 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
         }
         _ => (None, None),
     };
-    let keys = KeyState { backspace: settings.backspace, ..KeyState::default() };
+    let keys = KeyState { backspace: settings.backspace, vt100_keys: settings.vt100_keys, ..KeyState::default() };
     let mut worker = Worker {
         session,
         settings,
@@ -519,6 +519,7 @@ impl Worker {
             return;
         }
         self.keys.application_cursor = self.terminal.screen().application_cursor();
+        self.keys.application_keypad = self.terminal.screen().application_keypad();
         match self.keys.translate(keysym) {
             KeyAction::Scroll(rows) => {
                 if self.terminal.scroll_view(rows) {
