@@ -13,6 +13,7 @@
 
 mod measure;
 mod rbi;
+mod rdp;
 mod sharing;
 mod vnc;
 mod workload;
@@ -33,6 +34,7 @@ fn registry() -> Vec<Box<dyn Workload>> {
     let mut all = Vec::new();
     all.extend(vnc::workloads());
     all.extend(rbi::workloads());
+    all.extend(rdp::workloads());
     all.extend(sharing::workloads());
     all
 }
@@ -204,6 +206,7 @@ struct Report {
     loadavg_end: f64,
     summaries: Vec<Summary>,
     samples: Vec<(String, String, usize, Vec<Sample>)>,
+    failures: Vec<String>,
 }
 
 /// A selected workload and its concurrency levels.
@@ -251,6 +254,7 @@ fn main() -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let mut summaries = Vec::new();
     let mut samples = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for (w, levels) in &workloads {
         for &n in levels {
             // Modes alternate within each repetition, so drifting load hits both alike.
@@ -263,9 +267,18 @@ fn main() -> Result<()> {
                         rep + 1,
                         args.repeat
                     );
-                    let s = rt
+                    let result = rt
                         .block_on(run_once(&args, mode, w.as_ref(), n, rep, tick))
-                        .with_context(|| format!("{mode} {} with {n} sessions, repetition {}", w.name(), rep + 1))?;
+                        .with_context(|| format!("{mode} {} with {n} sessions, repetition {}", w.name(), rep + 1));
+                    // A failed repetition is reported and counted, not fatal: a long run keeps its other figures.
+                    let s = match result {
+                        Ok(s) => s,
+                        Err(e) => {
+                            eprintln!("guacr-bench: FAILED: {e:#}");
+                            failures.push(format!("{e:#}"));
+                            continue;
+                        }
+                    };
                     if s.formats.log_overflow {
                         eprintln!(
                             "guacr-bench: warning: the client's instruction log overflowed; format counts are short"
@@ -275,6 +288,9 @@ fn main() -> Result<()> {
                 }
             }
             for (mode, reps) in args.modes.iter().zip(reps) {
+                if reps.is_empty() {
+                    continue;
+                }
                 summaries.push(measure::summarise(mode, w.name(), n, &reps));
                 samples.push((mode.clone(), w.name().to_owned(), n, reps));
             }
@@ -287,6 +303,9 @@ fn main() -> Result<()> {
         print!("{}", measure::ratio_table(&summaries, first, base));
     }
     println!("\nload average (1 min): {loadavg_start:.2} at start, {loadavg_end:.2} at end");
+    for f in &failures {
+        println!("failed repetition: {f}");
+    }
     if let Some(path) = &args.json {
         let report = Report {
             command: std::env::args().collect(),
@@ -296,6 +315,7 @@ fn main() -> Result<()> {
             loadavg_end,
             summaries,
             samples,
+            failures,
         };
         std::fs::write(path, serde_json::to_string_pretty(&report)?)
             .with_context(|| format!("writing {}", path.display()))?;

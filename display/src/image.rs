@@ -9,10 +9,15 @@ use std::io::Write as _;
 pub fn bgrx_to_rgb(bgrx: &[u8], out: &mut Vec<u8>) {
     out.clear();
     out.resize(bgrx.len() / 4 * 3, 0);
-    for (d, s) in out.chunks_exact_mut(3).zip(bgrx.chunks_exact(4)) {
-        d[0] = s[2];
-        d[1] = s[1];
-        d[2] = s[0];
+    // Four pixels per step as fixed-size arrays: no bounds checks, and the compiler emits shuffles.
+    let mut dst = out.chunks_exact_mut(12);
+    let mut src = bgrx.chunks_exact(16);
+    for (d, s) in (&mut dst).zip(&mut src) {
+        let s: &[u8; 16] = s.try_into().unwrap_or(&[0; 16]);
+        d.copy_from_slice(&[s[2], s[1], s[0], s[6], s[5], s[4], s[10], s[9], s[8], s[14], s[13], s[12]]);
+    }
+    for (d, s) in dst.into_remainder().chunks_exact_mut(3).zip(src.remainder().chunks_exact(4)) {
+        d.copy_from_slice(&[s[2], s[1], s[0]]);
     }
 }
 
@@ -42,11 +47,12 @@ pub fn palette(bgrx: &[u8]) -> Option<Palette> {
     let mut keys = [u32::MAX; PALETTE_SLOTS];
     let mut vals = [0u8; PALETTE_SLOTS];
     let mut rgb = Vec::with_capacity(256 * 3);
-    let mut indices = Vec::with_capacity(bgrx.len() / 4);
+    let mut indices = vec![0u8; bgrx.len() / 4];
     let mut last_key = u32::MAX;
     let mut last_index = 0u8;
-    for p in bgrx.chunks_exact(4) {
-        let key = u32::from_le_bytes([p[0], p[1], p[2], 0]);
+    for (p, index) in bgrx.chunks_exact(4).zip(indices.iter_mut()) {
+        // The padding byte is masked off, so `u32::MAX` never occurs as a key.
+        let key = u32::from_le_bytes([p[0], p[1], p[2], p[3]]) & 0x00ff_ffff;
         if key != last_key {
             let mut slot = (key.wrapping_mul(0x9E37_79B1) >> 22) as usize & (PALETTE_SLOTS - 1);
             loop {
@@ -69,7 +75,7 @@ pub fn palette(bgrx: &[u8]) -> Option<Palette> {
             }
             last_key = key;
         }
-        indices.push(last_index);
+        *index = last_index;
     }
     Some(Palette { rgb, indices })
 }
@@ -179,5 +185,9 @@ mod tests {
         let mut out = Vec::new();
         bgrx_to_rgb(&[1, 2, 3, 4, 5, 6, 7, 8], &mut out);
         assert_eq!(out, [3, 2, 1, 7, 6, 5]);
+        let bgrx: Vec<u8> = (0..4 * 11).map(|i| i as u8).collect();
+        bgrx_to_rgb(&bgrx, &mut out);
+        let want: Vec<u8> = bgrx.chunks_exact(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+        assert_eq!(out, want);
     }
 }

@@ -233,8 +233,10 @@ async fn run_owner(
 }
 
 /// A joiner after its handshake: hands its output queue to the live session and forwards what it reads
-/// until the session gives the queue back.
-async fn join(
+/// until the session gives the queue back. Entry points that do the handshake themselves (a tunnel) call
+/// this with the live session's join channel (`Shared::sharing.find`) and their own request (only
+/// `read-only`, `name`, `image` and the version matter).
+pub(crate) async fn join(
     reader: &mut ClientReader,
     writer: &mut ClientWriter,
     target: &str,
@@ -1556,6 +1558,79 @@ fn now_millis() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser as _;
+
+    fn shared() -> Shared {
+        Shared {
+            config: Config::parse_from(["guacr"]),
+            encoders: Arc::new(Semaphore::new(1)),
+            metrics: Metrics::default(),
+            sharing: crate::sharing::Registry::default(),
+        }
+    }
+
+    fn user(key: u64) -> User {
+        let request = ConnectRequest {
+            selection: Selection::Protocol("vnc".into()),
+            client_version: ProtocolVersion::V1_5_0,
+            params: Vec::new(),
+            width: 1024,
+            height: 768,
+            dpi: 96,
+            audio: Vec::new(),
+            video: Vec::new(),
+            image: vec!["image/png".into()],
+            timezone: None,
+            name: None,
+        };
+        User::new(key, format!("@{key}"), &request, false, ClientWriter::new(Box::new(tokio::io::sink())), None)
+    }
+
+    fn plan_name(plan: &Plan) -> String {
+        match plan {
+            Plan::Idle => "idle".into(),
+            Plan::WaitUntil(_) => "wait".into(),
+            Plan::WaitForRoom => "room".into(),
+            Plan::Encode { frame, refresh } => format!("encode frame={frame} refresh={refresh}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_scheduler_paces_frames_and_drops_a_lagging_user_out_of_step() {
+        let shared = shared();
+        let mut session = Session::new(Protocol::Vnc, Params::default(), &shared, user(0), None);
+        let now = Instant::now();
+        assert_eq!(plan_name(&session.schedule(now)), "idle", "nothing published");
+        session.frame_pending = Some(now);
+        assert_eq!(plan_name(&session.schedule(now)), "encode frame=true refresh=false");
+
+        // At most one frame per 10 ms.
+        session.last_frame_at = Some(now);
+        assert!(matches!(session.schedule(now), Plan::WaitUntil(t) if t == now + MIN_FRAME_GAP));
+        session.last_frame_at = Some(now - MIN_FRAME_GAP);
+
+        // A lone user two frames behind on `sync`: the frame waits for its echo, at most guacd's 500 ms.
+        session.users[0].unacked.extend([(1, now), (2, now)]);
+        assert!(matches!(session.schedule(now), Plan::WaitUntil(t) if t == now + MAX_LAG));
+        assert_eq!(plan_name(&session.schedule(now + MAX_LAG)), "encode frame=true refresh=false");
+
+        // A second, ready user: the lagging one holds the frame back for 100 ms, then drops out of step.
+        session.users.push(user(1));
+        assert!(matches!(session.schedule(now), Plan::WaitUntil(t) if t == now + MAX_FRAME_DELAY));
+        assert_eq!(session.users[0].step, Step::Live);
+        let later = now + MAX_FRAME_DELAY;
+        assert_eq!(plan_name(&session.schedule(later)), "encode frame=true refresh=false");
+        assert_eq!((session.users[0].step, session.users[1].step), (Step::Behind, Step::Live));
+
+        // Everybody behind: the frame waits in the worker, where later changes coalesce.
+        session.users[1].step = Step::Behind;
+        assert_eq!(plan_name(&session.schedule(later)), "room");
+
+        // A joiner to resynchronise while nothing is pending: a dump from the last frame, once there is one.
+        session.frame_pending = None;
+        session.users[1].step = Step::Resync;
+        assert_eq!(plan_name(&session.schedule(later)), "idle", "no frame yet to resync from");
+    }
 
     #[test]
     fn processing_lag_follows_guacd() {

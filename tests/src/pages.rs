@@ -8,6 +8,8 @@
 //!   the field holds exactly [`TYPED_TEXT`].
 //! - `/download`: yellow ([`YELLOW`]), one big link to `/file.bin` (an attachment).
 //! - `/cookie`: green when the cookie `rbi=1` exists, red otherwise; `/cookie?set` sets it first.
+//! - `/upload`: grey, one big file input; green once it holds [`UPLOAD_NAME`] with [`UPLOAD_TEXT`].
+//! - `/tall`: 1200 pixels of red above 3000 of blue (scrolling).
 //! - `/dialog`: red; after an `alert`, a cancelled `confirm` and a cancelled `prompt` it turns green.
 //! - `/popup`: grey; a click anywhere calls `window.open('/colour/0000c8')`.
 //! - `/anim`: a box moving and changing colour every animation frame (for the benchmark).
@@ -27,6 +29,13 @@ pub const YELLOW: [u8; 3] = [200, 200, 0];
 pub const GREY: [u8; 3] = [128, 128, 128];
 /// The block page's background (`worker-rbi`'s `block_page`).
 pub const BLOCKED: [u8; 3] = [0x7f, 0x1d, 0x1d];
+/// The file the `/upload` page waits for in its file input: name and content.
+pub const UPLOAD_NAME: &str = "hello.txt";
+pub const UPLOAD_TEXT: &str = "guacr upload test";
+/// What `/file.bin` (the download) holds.
+pub fn download_content() -> Vec<u8> {
+    b"guacr rbi download test\n".repeat(64)
+}
 /// What the `/type` page waits for: ASCII, Latin-1 and a character beyond Latin-1.
 pub const TYPED_TEXT: &str = "Grüße €5";
 
@@ -157,7 +166,7 @@ fn page(target: &str) -> Response {
             "200 OK",
             "application/octet-stream",
             "Content-Disposition: attachment; filename=\"file.bin\"\r\n".into(),
-            b"guacr rbi download test\n".repeat(64),
+            download_content(),
         ),
         "/cookie" => ok(html(
             &format!("body{{background:{}}}body.set{{background:{}}}", hex(RED), hex(GREEN)),
@@ -168,6 +177,30 @@ fn page(target: &str) -> Response {
                  else if (has) {{ document.body.className = 'set'; }}",
                 query == "set"
             ),
+        )),
+        "/upload" => ok(html(
+            &format!(
+                "body{{background:{}}}body.done{{background:{}}}input{{position:absolute;left:0;top:0;width:100%;\
+                 height:100%;font-size:60px}}",
+                hex(GREY),
+                hex(GREEN)
+            ),
+            "<input id=\"f\" type=\"file\">",
+            &format!(
+                "const f = document.getElementById('f'); f.onchange = async () => {{ const file = f.files[0]; \
+                 if (file && file.name === {UPLOAD_NAME:?} && (await file.text()) === {UPLOAD_TEXT:?}) \
+                 document.body.className = 'done'; }};"
+            ),
+        )),
+        "/tall" => ok(html(
+            &format!(
+                "html,body{{height:auto;overflow:auto}}#top{{height:1200px;background:{}}}#bottom{{height:3000px;\
+                 background:{}}}",
+                hex(RED),
+                hex(BLUE)
+            ),
+            "<div id=\"top\"></div><div id=\"bottom\"></div>",
+            "",
         )),
         "/dialog" => ok(html(
             &format!("body{{background:{}}}", hex(RED)),

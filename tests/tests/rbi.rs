@@ -212,6 +212,19 @@ async fn click_changes_the_page() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wheel_scrolls_the_page() {
+    let server = PageServer::start().await.unwrap();
+    let guacr = guacr();
+    let client = open(&guacr, &server.url("/tall"), &[]).await;
+    wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::RED, "scroll-top").await;
+    for _ in 0..10 {
+        client.send_mouse(500, 400, 16).await.unwrap();
+        client.send_mouse(500, 400, 0).await.unwrap();
+    }
+    wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::BLUE, "scrolled").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn typed_text_appears() {
     let server = PageServer::start().await.unwrap();
     let guacr = guacr();
@@ -226,8 +239,11 @@ async fn typed_text_appears() {
             .count()
     };
     assert_eq!(dark(&client), 0, "the text field starts empty");
-    client.type_text_paced(pages::TYPED_TEXT, Duration::from_millis(30)).await.unwrap();
-    // The page turns green only when the field holds exactly the text, non-ASCII characters included.
+    client.type_text_paced(&format!("{}x", pages::TYPED_TEXT), Duration::from_millis(30)).await.unwrap();
+    client.send_key(0xff08, true).await.unwrap();
+    client.send_key(0xff08, false).await.unwrap();
+    // The page turns green only when the field holds exactly the text, non-ASCII characters included
+    // (and the stray "x" was erased with BackSpace).
     wait_colour(&client, &guacr, (700, 500), pages::GREEN, "type-after").await;
     assert!(dark(&client) > 100, "the typed text is visible in the field");
 }

@@ -272,12 +272,17 @@ async fn xrdp_over_standard_rdp_security_logs_in() {
 /// Runs `xclip` against the xrdp session's display (as root, let in by the session's `xhost`).
 fn xclip(display: &str, args: &[&str], input: Option<&str>) -> std::process::Output {
     use std::io::Write as _;
+    // `xclip -i` stays in the background as the selection's owner: it must not hold our pipes.
+    let (stdout, stderr) = match input {
+        Some(_) => (std::process::Stdio::null(), std::process::Stdio::null()),
+        None => (std::process::Stdio::piped(), std::process::Stdio::piped()),
+    };
     let mut child = std::process::Command::new("timeout")
         .args(["5", "xclip", "-display", display, "-selection", "clipboard"])
         .args(args)
         .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdout(stdout)
+        .stderr(stderr)
         .spawn()
         .expect("running xclip (package xclip; scripts/test.sh installs it)");
     let mut stdin = child.stdin.take().unwrap();
@@ -318,7 +323,7 @@ async fn xrdp_clipboard_travels_both_ways() {
     // Server → client: text put on the session's clipboard arrives as a clipboard stream.
     let copied = format!("guacr-copy-{}", std::process::id());
     let out = xclip(&display, &["-i"], Some(&copied));
-    assert!(out.status.success(), "xclip -i failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "xclip -i failed: {}", out.status);
     client
         .wait_until_named("clipboard from the server", Duration::from_secs(10), move |s| {
             s.finished_streams.iter().any(|st| st.kind == "clipboard" && String::from_utf8_lossy(&st.data) == copied)

@@ -126,6 +126,21 @@ async fn a_recorded_vnc_session_replays_to_the_live_frame() {
     client.disconnect().await.unwrap();
     client.wait_closed(Duration::from_secs(5)).await.unwrap();
     assert_eq!(settled(&path).await.len(), recording.len(), "the first recording is untouched by the second");
+
+    // recording-exclude-output: only the input is recorded.
+    let input_only = [
+        ("recording-path", dir.0.display().to_string()),
+        ("recording-name", "input-only".to_string()),
+        ("recording-exclude-output", "true".to_string()),
+    ];
+    let third = open(&guacr, &peer, &input_only).await;
+    third.send_mouse(10, 10, 0).await.unwrap();
+    third.send_mouse(20, 10, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    third.disconnect().await.unwrap();
+    third.wait_closed(Duration::from_secs(5)).await.unwrap();
+    let replayed = ClientState::replay(&settled(&dir.0.join("input-only")).await);
+    assert_eq!((replayed.frames, replayed.count("img"), replayed.count("mouse")), (0, 0, 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,6 +155,10 @@ async fn a_killed_worker_leaves_a_recording_that_replays_up_to_that_point() {
     ];
     let client = open(&guacr, &peer, &params).await;
     client.wait_frames(4, Duration::from_secs(15)).await.expect("the changing screen sends frames");
+    // A key that types nothing (Shift), recorded with recording-include-keys.
+    client.send_key(0xffe1, true).await.unwrap();
+    client.send_key(0xffe1, false).await.unwrap();
+    client.wait_frames(client.frames() + 2, Duration::from_secs(15)).await.expect("frames after the key");
     let workers = guacr.worker_pids();
     assert_eq!(workers.len(), 1, "one session, one worker: {workers:?}");
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(workers[0] as i32), nix::sys::signal::Signal::SIGKILL)
@@ -161,6 +180,7 @@ async fn a_killed_worker_leaves_a_recording_that_replays_up_to_that_point() {
     assert_eq!(replayed.decode_error, None, "the file ends on a whole instruction");
     assert_eq!(replayed.frames, frames, "every frame the user got before the crash is in the recording");
     assert_same_image(&replayed.screenshot(), &live, "recording-crash");
+    assert_eq!(replayed.count("key"), 2, "key events are recorded with recording-include-keys");
 }
 
 /// guacamole-common-js's own player: `Guacamole.SessionRecording` in headless Chromium (the page's bundled

@@ -125,14 +125,15 @@ pub fn lockdown_with(args: &WorkerArgs, profile: SandboxProfile) -> Result<(), W
 
 /// The browser worker's own lock-down, once its browser runs (the browser keeps the limits it was started
 /// with): the client profile's rlimits (64 descriptors, `max_memory` of address space), then [`sandbox`]
-/// with an empty [`Policy`]: no files, no TCP, the seccomp allow-list. Must run single-threaded.
-pub fn confine_browser_worker(args: &WorkerArgs) -> Result<Sandboxed, WorkerError> {
+/// with `policy`: no TCP and no files (an empty [`Policy`]), or reading beneath the browser's download
+/// directory only. Must run single-threaded.
+pub fn confine_browser_worker(args: &WorkerArgs, policy: &Policy) -> Result<Sandboxed, WorkerError> {
     let limit = |resource, value: u64, step| {
         setrlimit(resource, value, value).map_err(|source| WorkerError::Lockdown { step, source })
     };
     limit(Resource::RLIMIT_NOFILE, 64, "rlimit nofile")?;
     limit(Resource::RLIMIT_AS, args.max_memory, "rlimit as")?;
-    Ok(sandbox(&Policy::default())?)
+    Ok(sandbox(policy)?)
 }
 
 /// What the supervisor's `ToWorker::Start` carries.

@@ -29,8 +29,11 @@ use seccompiler::{
 pub struct Policy {
     /// TCP ports it may connect to (Landlock ABI 4+). Empty: no outgoing TCP at all.
     pub connect_ports: Vec<u16>,
-    /// Files and directories it may read beneath (the rbi worker's Chromium); empty for vnc, ssh, rdp.
+    /// Files and directories it may read beneath (the rbi worker's downloads); empty for vnc, ssh, rdp.
     pub read_paths: Vec<PathBuf>,
+    /// Directories it may create and write regular files beneath (the rbi worker's uploads); empty for vnc,
+    /// ssh, rdp.
+    pub write_paths: Vec<PathBuf>,
 }
 
 impl Policy {
@@ -39,7 +42,7 @@ impl Policy {
         let mut connect_ports: Vec<u16> = targets.iter().map(SocketAddr::port).collect();
         connect_ports.sort_unstable();
         connect_ports.dedup();
-        Policy { connect_ports, read_paths: Vec::new() }
+        Policy { connect_ports, ..Policy::default() }
     }
 }
 
@@ -159,6 +162,10 @@ pub(crate) fn restrict_filesystem_and_network(policy: &Policy) -> Result<Landloc
     if !policy.read_paths.is_empty() {
         ruleset = ruleset.add_rules(landlock::path_beneath_rules(&policy.read_paths, AccessFs::from_read(abi)))?;
     }
+    if !policy.write_paths.is_empty() {
+        let write = AccessFs::from_read(abi) | AccessFs::WriteFile | AccessFs::MakeReg | AccessFs::Truncate;
+        ruleset = ruleset.add_rules(landlock::path_beneath_rules(&policy.write_paths, write))?;
+    }
     let status = ruleset.restrict_self()?;
     Ok(match status.ruleset {
         RulesetStatus::FullyEnforced => LandlockLevel::Full,
@@ -269,8 +276,8 @@ pub(crate) fn seccomp_filter(policy: &Policy, pid: u64) -> Result<BpfProgram, Sa
     allow(libc::SYS_nanosleep, any())?; // std::thread::sleep (older libc)
     allow(libc::SYS_getrandom, any())?; // hash-map seeds, VNC challenge handling
                                         // Files only where the policy names paths to read (Landlock narrows them to those paths).
-    if !policy.read_paths.is_empty() {
-        allow(libc::SYS_openat, any())?; // reading the allowed files (Landlock checks the path)
+    if !policy.read_paths.is_empty() || !policy.write_paths.is_empty() {
+        allow(libc::SYS_openat, any())?; // the allowed files (Landlock checks the path and the access)
         allow(libc::SYS_newfstatat, any())?; // metadata of open files
         allow(libc::SYS_statx, any())?; // metadata of open files
         allow(libc::SYS_lseek, any())?; // seeking in open files
@@ -452,6 +459,33 @@ mod tests {
     }
 
     #[test]
+    fn read_and_write_paths_open_only_their_directories() {
+        let base = std::env::temp_dir().join(format!("guacr-paths-{}", std::process::id()));
+        let (read, write) = (base.join("downloads"), base.join("uploads"));
+        std::fs::create_dir_all(&read).unwrap();
+        std::fs::create_dir_all(&write).unwrap();
+        std::fs::write(read.join("file"), "down").unwrap();
+        let policy = Policy { read_paths: vec![read.clone()], write_paths: vec![write.clone()], ..Policy::default() };
+        let (r, w) = (read.clone(), write.clone());
+        let (level, got, created, write_in_read, outside) = in_thread(move || {
+            let level = restrict_filesystem_and_network(&policy).unwrap();
+            (
+                level,
+                std::fs::read(r.join("file")),
+                std::fs::write(w.join("new"), "up"),
+                std::fs::write(r.join("new"), "x"),
+                std::fs::read("/etc/hostname").map(drop),
+            )
+        });
+        assert_eq!(level, LandlockLevel::Full);
+        assert_eq!(got.unwrap(), b"down");
+        created.expect("files can be created beneath write_paths");
+        assert_eq!(write_in_read.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        assert_eq!(outside.unwrap_err().kind(), ErrorKind::PermissionDenied);
+        std::fs::remove_dir_all(&base).unwrap();
+    }
+
+    #[test]
     fn sandbox_refuses_a_multithreaded_process() {
         // The test harness runs several threads: applying the sandbox here must refuse, not half-apply.
         let keep = std::thread::spawn(|| std::thread::sleep(std::time::Duration::from_millis(500)));
@@ -462,7 +496,7 @@ mod tests {
     #[test]
     fn policy_for_a_tcp_client() {
         let addrs: Vec<SocketAddr> = vec!["127.0.0.1:5901".parse().unwrap(), "[::1]:5901".parse().unwrap()];
-        assert_eq!(Policy::tcp_client(&addrs), Policy { connect_ports: vec![5901], read_paths: vec![] });
+        assert_eq!(Policy::tcp_client(&addrs), Policy { connect_ports: vec![5901], ..Policy::default() });
         assert!(resolve("127.0.0.1", 5900).unwrap().contains(&"127.0.0.1:5900".parse().unwrap()));
         assert!(resolve("no-such-host.invalid", 1).is_err());
     }

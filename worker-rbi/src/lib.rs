@@ -6,6 +6,7 @@
 //! - [`download`]: completed downloads streamed to the user (`enable-download`).
 //! - [`render`]: screencast frames (JPEG or PNG) into the back surface, damage by tile comparison.
 //! - [`input`]: Guacamole mouse and keysyms as CDP input events.
+//! - [`upload`]: files dropped by the user, handed to the page's file choosers (`enable-upload`).
 //! - [`worker`]: the session loop.
 #![forbid(unsafe_code)]
 
@@ -15,4 +16,5 @@ pub mod input;
 pub mod keeper;
 pub mod render;
 pub mod settings;
+pub mod upload;
 pub mod worker;

@@ -35,6 +35,8 @@ pub struct Settings {
     pub height: Option<u32>,
     /// Run Chromium without its own sandbox (only where the host forbids user namespaces).
     pub no_sandbox: bool,
+    /// Deliver downloads to the user as Guacamole file streams (refused otherwise).
+    pub enable_download: bool,
 }
 
 impl Settings {
@@ -77,6 +79,7 @@ impl Settings {
             width: number("width")?,
             height: number("height")?,
             no_sandbox,
+            enable_download: false,
         };
         Ok((settings, notes))
     }

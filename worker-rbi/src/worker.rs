@@ -118,6 +118,8 @@ struct Launched {
     lifeline: OwnedFd,
     /// Never waited for: the worker may not call wait4 once sandboxed, and the keeper outlives it anyway.
     _keeper: std::process::Child,
+    /// Where Chromium saves downloads (inside the profile).
+    downloads: PathBuf,
 }
 
 /// Runs one session; returns the process exit code.
@@ -153,7 +155,7 @@ pub async fn run(args: &WorkerArgs) -> i32 {
             return EXIT_REPORTED;
         }
     };
-    let Launched { to_browser, from_browser, lifeline, _keeper } = launched;
+    let Launched { to_browser, from_browser, lifeline, _keeper, downloads } = launched;
     // Registered with tokio before the sandbox: the conversion checks the descriptors (fstat).
     let pipes =
         pipe::Sender::from_owned_fd(to_browser).and_then(|tx| Ok((tx, pipe::Receiver::from_owned_fd(from_browser)?)));
@@ -164,7 +166,13 @@ pub async fn run(args: &WorkerArgs) -> i32 {
             return EXIT_REPORTED;
         }
     };
-    match worker_common::confine_browser_worker(args) {
+    // With downloads on, the worker reads completed downloads (and nothing else) to stream them.
+    let policy = if settings.enable_download {
+        worker_common::Policy { read_paths: vec![downloads.clone()], ..worker_common::Policy::default() }
+    } else {
+        worker_common::Policy::default()
+    };
+    match worker_common::confine_browser_worker(args, &policy) {
         Ok(sandboxed) => debug!(?sandboxed, "Worker sandboxed"),
         Err(e) => {
             session.fail(status::UPSTREAM_ERROR, format!("cannot apply the sandbox: {e}")).await;
@@ -244,10 +252,16 @@ fn launch(args: &WorkerArgs, settings: &Settings, (width, height): (u32, u32)) -
     // holder, so its death is end of file here.
     drop(command);
     info!(browser = %browser.display(), profile = %profile.display(), sandbox = !settings.no_sandbox, "Starting the browser");
-    Ok(Launched { to_browser: cdp_in_write, from_browser: cdp_out_read, lifeline: lifeline_write, _keeper: keeper })
+    Ok(Launched {
+        to_browser: cdp_in_write,
+        from_browser: cdp_out_read,
+        lifeline: lifeline_write,
+        _keeper: keeper,
+        downloads: profile.join("downloads"),
+    })
 }
 
-/// `/tmp/guacr-rbi-<pid>-<nanos>` with `home`, `tmp` and `data` inside, all mode 0700.
+/// `/tmp/guacr-rbi-<pid>-<nanos>` with `home`, `tmp`, `data` and `downloads` inside, all mode 0700.
 fn create_profile() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -255,7 +269,7 @@ fn create_profile() -> std::io::Result<PathBuf> {
     let mut builder = std::fs::DirBuilder::new();
     builder.mode(0o700);
     builder.create(&dir)?;
-    for sub in ["home", "tmp", "data"] {
+    for sub in ["home", "tmp", "data", "downloads"] {
         builder.create(dir.join(sub))?;
     }
     Ok(dir)
@@ -289,7 +303,9 @@ fn chromium_flags(settings: &Settings, profile: &Path, width: u32, height: u32) 
     if settings.no_sandbox {
         flags.push("--no-sandbox".into());
     }
-    flags.push("about:blank".into());
+    // Without a URL policy the first page loads while the worker attaches (it saves a round of
+    // start-up); with one, nothing may load before `Fetch` interception is on.
+    flags.push(if settings.policy.is_active() { "about:blank".into() } else { settings.url.clone() });
     flags
 }
 
@@ -530,8 +546,10 @@ impl Worker {
         }
         self.set_viewport();
         self.start_screencast();
-        let url = self.settings.url.clone();
-        self.page_command("Page.navigate", json!({ "url": url }));
+        if self.settings.policy.is_active() {
+            let url = self.settings.url.clone();
+            self.page_command("Page.navigate", json!({ "url": url }));
+        }
         let (width, height) = self.size;
         self.session
             .frames

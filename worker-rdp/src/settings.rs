@@ -266,7 +266,9 @@ impl Settings {
         let line_ends = match params.get("normalize-clipboard") {
             None => LineEnds::Preserve,
             Some(name) => LineEnds::from_name(name).unwrap_or_else(|| {
-                notes.warnings.push(format!("normalize-clipboard {name:?} is not preserve, unix or windows; preserving"));
+                notes
+                    .warnings
+                    .push(format!("normalize-clipboard {name:?} is not preserve, unix or windows; preserving"));
                 LineEnds::Preserve
             }),
         };

@@ -16,6 +16,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ironrdp_cliprdr::pdu::{ClipboardFormat, ClipboardFormatId, FormatDataResponse};
+use ironrdp_cliprdr::CliprdrClient;
 use ironrdp_connector::sspi::generator::NetworkRequest;
 use ironrdp_connector::{
     BitmapConfig, ClientConnector, ClientConnectorState, ConnectionResult, ConnectorError, ConnectorErrorKind,
@@ -32,8 +34,6 @@ use ironrdp_pdu::Action;
 use ironrdp_session::image::DecodedImage;
 use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput};
 use ironrdp_tokio::{FramedWrite as _, TokioFramed};
-use ironrdp_cliprdr::pdu::{ClipboardFormat, ClipboardFormatId, FormatDataResponse};
-use ironrdp_cliprdr::CliprdrClient;
 use shm_proto::control::{CLIPBOARD_CHUNK, MAX_CURSOR_SIDE};
 use shm_proto::{FromWorker, Rect, ToWorker};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -636,7 +636,9 @@ impl Worker {
         let data = text.as_bytes();
         let mut chunks = data.chunks(CLIPBOARD_CHUNK).peekable();
         if chunks.peek().is_none() {
-            return self.send(&FromWorker::Clipboard { mimetype: "text/plain".into(), data: Vec::new(), last: true }).await;
+            return self
+                .send(&FromWorker::Clipboard { mimetype: "text/plain".into(), data: Vec::new(), last: true })
+                .await;
         }
         while let Some(chunk) = chunks.next() {
             let last = chunks.peek().is_none();
@@ -646,7 +648,13 @@ impl Worker {
     }
 
     /// The user's clipboard arrived: keep it and tell the server there is text to paste.
-    async fn user_clipboard(&mut self, framed: &mut Framed, mimetype: &str, data: &[u8], last: bool) -> Result<(), End> {
+    async fn user_clipboard(
+        &mut self,
+        framed: &mut Framed,
+        mimetype: &str,
+        data: &[u8],
+        last: bool,
+    ) -> Result<(), End> {
         if self.read_only || self.disable_paste || self.clip.is_none() || !mimetype.starts_with("text/") {
             return Ok(());
         }
