@@ -159,6 +159,38 @@ fn seg_hash(bytes: &[u8]) -> u64 {
     }
 }
 
+/// Hashing for maps keyed by values that are hashes already (segment and row hashes) or small shifts:
+/// a multiply instead of SipHash, which showed up in profiles of scroll detection.
+#[derive(Default, Clone, Copy)]
+struct PassThrough;
+
+#[derive(Default)]
+struct PassThroughHasher(u64);
+
+impl std::hash::BuildHasher for PassThrough {
+    type Hasher = PassThroughHasher;
+    fn build_hasher(&self) -> PassThroughHasher {
+        PassThroughHasher(0)
+    }
+}
+
+impl std::hash::Hasher for PassThroughHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+}
+
 /// A rectangle of tiles `[c0, c1) × [r0, r1)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct TileRect {
@@ -459,8 +491,8 @@ impl Planner {
         if y1 - y0 < 2 * MIN_SCROLL_ROWS {
             return None;
         }
-        let mut votes: HashMap<i64, u32> = HashMap::new();
-        let mut unique: HashMap<u64, Option<u32>> = HashMap::new();
+        let mut votes: HashMap<i64, u32, PassThrough> = HashMap::default();
+        let mut unique: HashMap<u64, Option<u32>, PassThrough> = HashMap::default();
         // Whole rows of the box first: a line of text is unique as a whole even where its 64-pixel pieces
         // repeat (the same digits in many lines). Weighted by width so that they outvote single columns.
         let row_sig = |y: u32, of: &dyn Fn(u32, u32) -> u64| {
