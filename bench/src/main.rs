@@ -15,6 +15,7 @@ mod measure;
 mod rbi;
 mod rdp;
 mod sharing;
+mod ssh;
 mod vnc;
 mod workload;
 
@@ -36,6 +37,7 @@ fn registry() -> Vec<Box<dyn Workload>> {
     all.extend(rbi::workloads());
     all.extend(rdp::workloads());
     all.extend(sharing::workloads());
+    all.extend(ssh::workloads());
     all
 }
 

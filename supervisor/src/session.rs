@@ -500,12 +500,15 @@ impl User {
         self.writer.as_ref().is_some_and(ClientWriter::over_cap)
     }
 
-    /// Ready for the next frame: room in its queue and few enough frames without an echo (or the oldest
-    /// one older than guacd's lag cap, after which guacd sends anyway).
-    fn ready(&self, now: Instant) -> bool {
-        !self.over_cap()
-            && (self.unacked.len() < MAX_UNACKED_FRAMES
-                || self.unacked.front().is_some_and(|(_, t)| *t + MAX_LAG <= now))
+    /// Ready for the next frame: room in its queue and fewer than two frames without a `sync` echo.
+    fn ready(&self) -> bool {
+        !self.over_cap() && self.unacked.len() < MAX_UNACKED_FRAMES
+    }
+
+    /// Waiting only for `sync` echoes, the oldest older than guacd's lag cap: a user alone gets the next
+    /// frame anyway (guacd does the same); among others it has fallen behind.
+    fn lag_expired(&self, now: Instant) -> bool {
+        !self.over_cap() && self.unacked.front().is_some_and(|(_, t)| *t + MAX_LAG <= now)
     }
 
     /// Its lag now: guacd's processing lag, or the age of its oldest unanswered frame if that is larger.
@@ -918,7 +921,7 @@ impl<'a> Session<'a> {
                 return Plan::WaitUntil(last + MIN_FRAME_GAP);
             }
         }
-        let ready = in_step().filter(|u| u.ready(now)).count();
+        let ready = in_step().filter(|u| u.ready()).count();
         let not_ready = in_step().count() - ready;
         if not_ready == 0 {
             if ready == 0 && !resyncs {
@@ -934,14 +937,18 @@ impl<'a> Session<'a> {
                 return Plan::WaitUntil(limit);
             }
             for user in &mut self.users {
-                if user.step == Step::Live && !user.ready(now) {
+                if user.step == Step::Live && !user.ready() {
                     info!(user = %user.id, queued = user.over_cap(), unacked = user.unacked.len(), "User fell behind; it gets a resync once it catches up");
                     user.step = Step::Behind;
                 }
             }
             return Plan::Encode { frame: true, refresh: false };
         }
-        // Nobody is ready: wait for the earliest echo deadline, or for a queue to drain.
+        // Nobody is ready: past guacd's lag cap the frame goes anyway; otherwise wait for the earliest echo
+        // deadline, or for a queue to drain.
+        if in_step().all(|u| u.lag_expired(now)) {
+            return Plan::Encode { frame: true, refresh: false };
+        }
         let echo_deadline =
             in_step().filter(|u| !u.over_cap()).filter_map(|u| u.unacked.front().map(|(_, t)| *t + MAX_LAG)).min();
         match echo_deadline {

@@ -149,6 +149,10 @@ async fn session_tree(guacr: &GuacrProcess, before: &BTreeSet<u32>) -> Tree {
 }
 
 async fn wait_gone(profile: &std::path::Path, guacr: &GuacrProcess) {
+    wait_gone_or(profile, || guacr.log_tail(40)).await
+}
+
+async fn wait_gone_or(profile: &std::path::Path, log: impl Fn() -> String) {
     let needle = profile.display().to_string();
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -160,7 +164,7 @@ async fn wait_gone(profile: &std::path::Path, guacr: &GuacrProcess) {
             Instant::now() < deadline,
             "after the session: processes {left:?} still use {needle}, profile exists: {}; log:\n{}",
             profile.exists(),
-            guacr.log_tail(40)
+            log()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -455,4 +459,29 @@ async fn hung_browser_ends_the_session_and_leaves_nothing() {
     assert_eq!(error.status, 515, "{error:?}");
     assert!(error.message.contains("stopped responding"), "{error:?}");
     wait_gone(&tree.profile, &guacr).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_worker_or_gateway_leaves_no_browser_behind() {
+    let server = PageServer::start().await.unwrap();
+    let guacr = guacr();
+    // The worker killed: its keeper sees the lifeline close and cleans up; the user gets an error.
+    let before: BTreeSet<u32> = guacr.worker_pids().into_iter().collect();
+    let client = open(&guacr, &server.url("/colour/00c800"), &[]).await;
+    wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::GREEN, "kill-worker").await;
+    let tree = session_tree(&guacr, &before).await;
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(tree.worker as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    client
+        .wait_until_named("an error after the worker died", Duration::from_secs(10), |s| !s.errors.is_empty())
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", guacr.log_tail(40)));
+    wait_gone(&tree.profile, &guacr).await;
+    // guacr and its whole process group killed (as the test harness stops it): the same.
+    let before: BTreeSet<u32> = guacr.worker_pids().into_iter().collect();
+    let client = open(&guacr, &server.url("/colour/00c800"), &[]).await;
+    wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::GREEN, "kill-gateway").await;
+    let tree = session_tree(&guacr, &before).await;
+    let log = guacr.log_path().to_path_buf();
+    drop(guacr);
+    wait_gone_or(&tree.profile, || std::fs::read_to_string(&log).unwrap_or_default()).await;
 }

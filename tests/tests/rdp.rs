@@ -331,3 +331,42 @@ async fn xrdp_clipboard_travels_both_ways() {
         .await
         .expect("the session's clipboard arrived as a clipboard stream");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_security_any_falls_back_to_tls() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    // xrdp has no NLA: offered TLS and NLA, it picks TLS.
+    let client = open(&guacr, &peers::rdp_xrdp(), &[("security", "any"), ("ignore-cert", "true")]).await;
+    let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-any").await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_clipboard_respects_disable_copy_and_disable_paste() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    let extra = [("security", "tls"), ("ignore-cert", "true"), ("disable-copy", "true"), ("disable-paste", "true")];
+    let client = open(&guacr, &peers::rdp_xrdp(), &extra).await;
+    let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    // Copy is disabled: a new server clipboard never reaches the user.
+    let copied = format!("guacr-secret-{}", std::process::id());
+    assert!(xclip(&display, &["-i"], Some(&copied)).status.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Paste is disabled: the user's text never replaces the session's clipboard.
+    let pasted = format!("guacr-blocked-{}", std::process::id());
+    client.send("clipboard", &["10", "text/plain"]).await.unwrap();
+    let b64 = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pasted.as_bytes());
+    client.send("blob", &["10", &b64]).await.unwrap();
+    client.send("end", &["10"]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let out = xclip(&display, &["-o"], None);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), copied, "the session's clipboard was replaced by the user's");
+    let closed = client.is_closed();
+    let state = client.state();
+    assert!(state.last_error().is_none() && !closed, "the session ended: {}", state.summary());
+    assert!(
+        !state.finished_streams.iter().any(|st| st.kind == "clipboard"),
+        "a clipboard stream reached the user despite disable-copy"
+    );
+}

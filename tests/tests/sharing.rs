@@ -197,7 +197,7 @@ async fn rates(clients: [&GuacClient; 2], window: Duration) -> [f64; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joiner_that_stops_reading_does_not_slow_the_owner() {
     // A small output queue makes the stalled joiner fall behind within a second or two.
-    let guacr = GuacrProcess::builder().log_level("debug").arg("--client-queue-bytes").arg("65536").start().expect("starting guacr");
+    let guacr = GuacrProcess::builder().arg("--client-queue-bytes").arg("65536").start().expect("starting guacr");
     let peer = peers::changing();
     let (owner, id) = owner(&guacr, &peer).await;
     // A second session on the same screen, never joined: the control that shares the machine's load.

@@ -12,7 +12,11 @@
 //!    the profile directory only, no TCP bind, signals and abstract sockets scoped), which Chromium
 //!    inherits, then starts Chromium in its own process group with `HOME` and `TMPDIR` inside the profile.
 //! 4. Waits until the worker is gone or Chromium has exited, then kills Chromium's process group and every
-//!    remaining descendant, reaps them all and removes the profile directory.
+//!    remaining descendant, reaps them all and removes the profile directory. Meanwhile a thread removes
+//!    stale profiles of earlier sessions whose keeper was killed.
+//!
+//! The worker starts the keeper in its own process group, so a SIGKILL aimed at guacr's or the worker's
+//! group does not reach it.
 //!
 //! The keeper lives in the session's cgroup like everything the worker starts, so `memory.max` bounds
 //! Chromium too.
@@ -67,7 +71,7 @@ pub fn main(args: Vec<String>) -> i32 {
             }
         }
     }
-    worker_common::init_logging(&level);
+    init_logging(&level);
     let (Some(profile), Some((browser, browser_args))) = (profile, command.split_first()) else {
         error!("Browser keeper needs --profile DIR -- BROWSER ARGS...");
         return worker_common::EXIT_USAGE;
@@ -128,15 +132,20 @@ fn keep(profile: &Path, browser: &str, args: &[String], lifeline: File, level: &
         let status = child.wait().map(|s| s.to_string()).unwrap_or_else(|e| format!("unknown ({e})"));
         let _ = browser_tx.send(Event::BrowserExited(status));
     });
-    let pid = match (browser_thread, rx.recv()) {
-        (Ok(_), Ok(Event::Started(pid))) => pid,
-        _ => return 1,
-    };
+    if let Err(e) = browser_thread {
+        error!(error = %e, "Cannot start the browser thread");
+        return 1;
+    }
+    let Ok(Event::Started(pid)) = rx.recv() else { return 1 };
     // Only Chromium holds its pipe ends now: when it dies, the worker reads end of file at once.
     for fd in [CDP_IN_FD, CDP_OUT_FD] {
         drop(shm_proto::inherited_fd(fd));
     }
     info!(pid, "Browser started");
+    if let Some(parent) = profile.parent().map(Path::to_path_buf) {
+        // Off the waiting path: a sweep of many stale profiles takes seconds.
+        let _ = std::thread::Builder::new().name("sweep".into()).spawn(move || sweep_stale_profiles(&parent));
+    }
     let lifeline_tx = tx;
     let spawned = std::thread::Builder::new().name("lifeline".into()).spawn(move || {
         let mut lifeline = lifeline;
@@ -158,6 +167,31 @@ fn keep(profile: &Path, browser: &str, args: &[String], lifeline: File, level: &
     }
     stop_everything(pid);
     0
+}
+
+/// Logs like every worker (plain lines on stderr, relayed by the supervisor), but a write that fails is
+/// dropped: the keeper outlives the worker and may outlive the supervisor, whose end of the log pipe is
+/// then closed, and the default writer's fallback (`eprintln!`) would panic the keeper before it cleans up.
+fn init_logging(level: &str) {
+    struct Stderr;
+    impl std::io::Write for Stderr {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            let _ = std::io::stderr().write_all(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| Stderr)
+        .with_ansi(false)
+        .without_time()
+        .with_target(false)
+        .try_init();
 }
 
 /// On the browser thread: Landlock for this thread (inherited by Chromium), then Chromium itself.
@@ -228,6 +262,21 @@ fn children_of(parent: u32) -> Vec<u32> {
 fn parent_of(stat: &str) -> Option<u32> {
     let after_name = &stat[stat.rfind(')')? + 1..];
     after_name.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Removes profiles whose worker is gone: each keeper removes its own, this catches a keeper that was
+/// killed too (a whole cgroup killed, a reboot without a tmpfs `/tmp`). The name carries the worker's pid
+/// (`guacr-rbi-<pid>-<ns>`); a profile whose pid is alive is left alone, whoever holds that pid now.
+fn sweep_stale_profiles(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name.to_str().and_then(|n| n.strip_prefix("guacr-rbi-")?.split('-').next()?.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        if !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_dir_all(entry.path()).is_ok() {
+            info!(path = %entry.path().display(), "Removed a stale browser profile");
+        }
+    }
 }
 
 fn remove_profile(profile: &Path) {

@@ -238,6 +238,9 @@ fn launch(args: &WorkerArgs, settings: &Settings, (width, height): (u32, u32)) -
         .env_clear()
         .stdin(Stdio::null())
         .stdout(Stdio::null());
+    // Its own process group: a SIGKILL aimed at guacr's or the worker's group (an operator, a test
+    // harness) must not take the keeper with it, or nobody would remove the profile.
+    std::os::unix::process::CommandExt::process_group(&mut command, 0);
     let mappings = vec![
         FdMapping { parent_fd: cdp_in_read, child_fd: keeper::CDP_IN_FD },
         FdMapping { parent_fd: cdp_out_write, child_fd: keeper::CDP_OUT_FD },
