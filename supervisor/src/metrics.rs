@@ -235,6 +235,10 @@ mod tests {
         assert!(text.contains("guacr_encode_seconds_bucket{le=\"2.5\"} 1\n"), "{text}");
         assert!(text.contains("guacr_encode_seconds_bucket{le=\"+Inf\"} 2\n"), "{text}");
         assert!(text.contains("guacr_encode_seconds_count 2\n"), "{text}");
+        metrics.handoff_seconds.observe(Duration::from_micros(300));
+        let text = metrics.render();
+        assert!(text.contains("guacr_frame_handoff_seconds_bucket{le=\"0.0005\"} 1\n"), "{text}");
+        assert!(text.contains("guacr_publish_to_encode_seconds_count 0\n"), "{text}");
         assert!(text.contains("guacr_worker_exits_total{cause=\"crashed\"} 1\n"), "{text}");
         assert!(text.contains("guacr_worker_exits_total{cause=\"hung\"} 0\n"), "{text}");
         assert!(text.contains("guacr_tunnel_refusals_total{status=\"769\"} 1\n"), "{text}");

@@ -221,11 +221,17 @@ async fn wheel_scrolls_the_page() {
     let guacr = guacr();
     let client = open(&guacr, &server.url("/tall"), &[]).await;
     wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::RED, "scroll-top").await;
-    for _ in 0..10 {
+    // One wheel step (120 pixels) at a time until the blue part reaches the middle (about 8 steps).
+    let deadline = Instant::now() + PAGE_TIMEOUT;
+    let mut steps = 0;
+    while !close(client.screenshot().pixel(WIDTH / 2, HEIGHT / 2), pages::BLUE) && Instant::now() < deadline {
         client.send_mouse(500, 400, 16).await.unwrap();
         client.send_mouse(500, 400, 0).await.unwrap();
+        steps += 1;
+        tokio::time::sleep(Duration::from_millis(150)).await;
     }
     wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::BLUE, "scrolled").await;
+    assert!(steps >= 4, "the page scrolled before it was asked to ({steps} steps)");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,4 +490,52 @@ async fn killed_worker_or_gateway_leaves_no_browser_behind() {
     let log = guacr.log_path().to_path_buf();
     drop(guacr);
     wait_gone_or(&tree.profile, || std::fs::read_to_string(&log).unwrap_or_default()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloads_are_delivered_when_enabled() {
+    let server = PageServer::start().await.unwrap();
+    let guacr = guacr();
+    let client = open(&guacr, &server.url("/download"), &[("enable-download", "true")]).await;
+    wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::YELLOW, "download-enabled").await;
+    client.send_mouse(500, 400, 0).await.unwrap();
+    client.send_mouse(500, 400, 1).await.unwrap();
+    client.send_mouse(500, 400, 0).await.unwrap();
+    let expected = pages::download_content();
+    client
+        .wait_until_named("the download as a file stream", PAGE_TIMEOUT, |s| {
+            s.finished_streams.iter().any(|st| {
+                st.kind == "file" && st.args.get(2).map(String::as_str) == Some("file.bin") && st.data == expected
+            })
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", guacr.log_tail(40)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_reach_the_page_file_chooser_when_enabled() {
+    let server = PageServer::start().await.unwrap();
+    let guacr = guacr();
+    let timeout = Duration::from_secs(10);
+    let enabled = open(&guacr, &server.url("/upload"), &[("enable-upload", "true")]).await;
+    let disabled = open(&guacr, &server.url("/upload"), &[]).await;
+    for (client, name) in [(&enabled, "upload-on"), (&disabled, "upload-off")] {
+        wait_colour(client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::GREY, name).await;
+    }
+    let text = pages::UPLOAD_TEXT.as_bytes();
+    let ack = enabled.upload(("file", &["3", "text/plain", pages::UPLOAD_NAME]), 3, text, 6048, 4, timeout).await;
+    assert_eq!(ack.expect("upload").status, "0");
+    // The next file chooser the page opens (a click on its file input) gets the uploaded file.
+    enabled.send_mouse(500, 400, 0).await.unwrap();
+    enabled.send_mouse(500, 400, 1).await.unwrap();
+    enabled.send_mouse(500, 400, 0).await.unwrap();
+    wait_colour(&enabled, &guacr, (WIDTH / 2, HEIGHT / 2), pages::GREEN, "uploaded").await;
+    // Without enable-upload the drop is refused and the chooser stays empty.
+    let ack = disabled.upload(("file", &["3", "text/plain", pages::UPLOAD_NAME]), 3, text, 6048, 4, timeout).await;
+    assert_ne!(ack.expect("refusal").status, "0");
+    disabled.send_mouse(500, 400, 0).await.unwrap();
+    disabled.send_mouse(500, 400, 1).await.unwrap();
+    disabled.send_mouse(500, 400, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(close(disabled.screenshot().pixel(WIDTH / 2, HEIGHT / 2), pages::GREY), "no file reached the page");
 }

@@ -2,9 +2,6 @@
 
 use shm_proto::control::Params;
 
-/// Parameters that are accepted but not implemented (reported to the supervisor, which logs each once).
-const NOT_IMPLEMENTED: &[&str] = &["enable-download", "enable-upload"];
-
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
     #[error("url {url:?} is not an http, https or about:blank URL")]
@@ -37,6 +34,8 @@ pub struct Settings {
     pub no_sandbox: bool,
     /// Deliver downloads to the user as Guacamole file streams (refused otherwise).
     pub enable_download: bool,
+    /// Take files the user drops and hand them to the page's file choosers.
+    pub enable_upload: bool,
 }
 
 impl Settings {
@@ -64,11 +63,6 @@ impl Settings {
                     .into(),
             );
         }
-        for name in NOT_IMPLEMENTED {
-            if params.flag(name) {
-                notes.unsupported.push(name);
-            }
-        }
         let settings = Settings {
             url,
             policy: UrlPolicy::new(params.get("allowed-urls").unwrap_or(""), params.get("denied-urls").unwrap_or("")),
@@ -79,7 +73,8 @@ impl Settings {
             width: number("width")?,
             height: number("height")?,
             no_sandbox,
-            enable_download: false,
+            enable_download: params.flag("enable-download"),
+            enable_upload: params.flag("enable-upload") && !params.flag("read-only"),
         };
         Ok((settings, notes))
     }
@@ -183,7 +178,7 @@ mod tests {
         assert_eq!(s.url, "http://127.0.0.1:1/");
         assert!(s.disable_copy && !s.disable_paste && s.no_sandbox);
         assert_eq!((s.width, s.height), (Some(800), None));
-        assert_eq!(notes.unsupported, vec!["enable-download"]);
+        assert!(notes.unsupported.is_empty() && s.enable_download);
         assert_eq!(notes.warnings.len(), 1);
         assert!(!s.policy.allows("http://h/x/1"));
         assert_eq!(Settings::from_params(&params(&[])).unwrap().0.url, "about:blank");

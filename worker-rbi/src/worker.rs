@@ -4,10 +4,13 @@
 //! 1. Wait for `Start`, parse the parameters, report unsupported ones.
 //! 2. Create a throwaway profile directory (mode 0700, `HOME` and `TMPDIR` inside), three pipes (CDP in,
 //!    CDP out, lifeline) and start the keeper (`keeper.rs`), which confines and starts Chromium.
-//! 3. [`worker_common::confine_browser_worker`]: from here on the worker cannot open files, connect,
-//!    start processes or signal anyone; it only talks CDP over the pipes it holds.
-//! 4. Over CDP: deny downloads, discover targets (pop-ups), attach to the page (flattened session), enable
-//!    `Fetch` interception when a URL policy is set, fix the viewport, start the screencast, navigate.
+//! 3. [`worker_common::confine_browser_worker`]: from here on the worker cannot connect, start processes,
+//!    signal anyone or open files (except reading completed downloads with `enable-download` and writing
+//!    uploads with `enable-upload`, each beneath its own directory of the profile); it talks CDP over the
+//!    pipes it holds.
+//! 4. Over CDP: deny downloads (or save them in the profile), discover targets (pop-ups), attach to the
+//!    page (flattened session), intercept file choosers, enable `Fetch` interception when a URL policy is
+//!    set, fix the viewport, start the screencast, navigate.
 //! 5. Each screencast frame is decoded and drawn into the back surface (changed tiles only) and published
 //!    when the supervisor has released the previous one; the frame is acknowledged to Chromium only then,
 //!    so a slow client slows the screencast instead of queueing frames.
@@ -25,6 +28,7 @@ use std::time::{Duration, Instant};
 use command_fds::{CommandFdExt, FdMapping};
 use serde_json::{json, Value};
 use shm_proto::control::CLIPBOARD_CHUNK;
+use shm_proto::control::{StreamFromWorker, StreamToWorker};
 use shm_proto::{FromWorker, ToWorker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
@@ -32,10 +36,12 @@ use tracing::{debug, info, warn};
 use worker_common::{heartbeat_timer, supervisor_gone, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
 use crate::cdp::{Cdp, Incoming};
+use crate::download::{Downloads, Out};
 use crate::input::{Input, Shortcut};
 use crate::keeper;
 use crate::render;
 use crate::settings::Settings;
+use crate::upload::Uploads;
 
 /// Guacamole status codes (guacd-wire.md §7).
 pub mod status {
@@ -120,6 +126,8 @@ struct Launched {
     _keeper: std::process::Child,
     /// Where Chromium saves downloads (inside the profile).
     downloads: PathBuf,
+    /// Where the user's uploads are stored for the page's file choosers (inside the profile).
+    uploads: PathBuf,
 }
 
 /// Runs one session; returns the process exit code.
@@ -155,7 +163,7 @@ pub async fn run(args: &WorkerArgs) -> i32 {
             return EXIT_REPORTED;
         }
     };
-    let Launched { to_browser, from_browser, lifeline, _keeper, downloads } = launched;
+    let Launched { to_browser, from_browser, lifeline, _keeper, downloads, uploads } = launched;
     // Registered with tokio before the sandbox: the conversion checks the descriptors (fstat).
     let pipes =
         pipe::Sender::from_owned_fd(to_browser).and_then(|tx| Ok((tx, pipe::Receiver::from_owned_fd(from_browser)?)));
@@ -166,11 +174,12 @@ pub async fn run(args: &WorkerArgs) -> i32 {
             return EXIT_REPORTED;
         }
     };
-    // With downloads on, the worker reads completed downloads (and nothing else) to stream them.
-    let policy = if settings.enable_download {
-        worker_common::Policy { read_paths: vec![downloads.clone()], ..worker_common::Policy::default() }
-    } else {
-        worker_common::Policy::default()
+    // With downloads on, the worker reads completed downloads (and nothing else) to stream them; with
+    // uploads on, it writes the user's files beneath the uploads directory (and nowhere else).
+    let policy = worker_common::Policy {
+        read_paths: if settings.enable_download { vec![downloads.clone()] } else { Vec::new() },
+        write_paths: if settings.enable_upload { vec![uploads.clone()] } else { Vec::new() },
+        ..worker_common::Policy::default()
     };
     match worker_common::confine_browser_worker(args, &policy) {
         Ok(sandboxed) => debug!(?sandboxed, "Worker sandboxed"),
@@ -198,8 +207,10 @@ pub async fn run(args: &WorkerArgs) -> i32 {
         clipboard: String::new(),
         started: Instant::now(),
         first_frame: false,
+        downloads: Downloads::new(downloads.clone()),
+        uploads: Uploads::new(uploads),
     };
-    worker.begin_cdp();
+    worker.begin_cdp(&downloads);
     let end = worker.serve(sender, receiver).await;
     drop(lifeline);
     match end {
@@ -261,10 +272,12 @@ fn launch(args: &WorkerArgs, settings: &Settings, (width, height): (u32, u32)) -
         lifeline: lifeline_write,
         _keeper: keeper,
         downloads: profile.join("downloads"),
+        uploads: profile.join("uploads"),
     })
 }
 
-/// `/tmp/guacr-rbi-<pid>-<nanos>` with `home`, `tmp`, `data` and `downloads` inside, all mode 0700.
+/// `/tmp/guacr-rbi-<pid>-<nanos>` with `home`, `tmp`, `data`, `downloads` and `uploads` inside, all mode
+/// 0700.
 fn create_profile() -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
@@ -272,7 +285,7 @@ fn create_profile() -> std::io::Result<PathBuf> {
     let mut builder = std::fs::DirBuilder::new();
     builder.mode(0o700);
     builder.create(&dir)?;
-    for sub in ["home", "tmp", "data", "downloads"] {
+    for sub in ["home", "tmp", "data", "downloads", "uploads"] {
         builder.create(dir.join(sub))?;
     }
     Ok(dir)
@@ -337,6 +350,10 @@ struct Worker {
     clipboard: String,
     started: Instant,
     first_frame: bool,
+    /// Completed downloads being streamed to the user (`enable-download`).
+    downloads: Downloads,
+    /// The user's uploads, for the page's file choosers (`enable-upload`).
+    uploads: Uploads,
 }
 
 impl Worker {
@@ -359,8 +376,13 @@ impl Worker {
         self.cdp.command(page.as_deref(), method, params);
     }
 
-    fn begin_cdp(&mut self) {
-        self.browser_command("Browser.setDownloadBehavior", json!({ "behavior": "deny", "eventsEnabled": true }));
+    fn begin_cdp(&mut self, downloads: &Path) {
+        let behavior = if self.settings.enable_download {
+            json!({ "behavior": "allowAndName", "downloadPath": downloads, "eventsEnabled": true })
+        } else {
+            json!({ "behavior": "deny", "eventsEnabled": true })
+        };
+        self.browser_command("Browser.setDownloadBehavior", behavior);
         self.browser_command("Target.setDiscoverTargets", json!({ "discover": true }));
         self.command(None, "Target.getTargets", json!({}), Pending::Targets);
     }
@@ -541,6 +563,8 @@ impl Worker {
     async fn start_page(&mut self) -> Result<(), End> {
         self.page_command("Page.enable", json!({}));
         self.page_command("Inspector.enable", json!({}));
+        // File choosers are answered by the worker (with the user's uploads, or not at all).
+        self.page_command("Page.setInterceptFileChooserDialog", json!({ "enabled": true }));
         if self.settings.policy.is_active() {
             self.page_command(
                 "Fetch.enable",
@@ -559,7 +583,11 @@ impl Worker {
             .resize(width, height)
             .map_err(|e| End::Fail(Failure::new(status::UPSTREAM_ERROR, format!("Cannot size the display: {e}"))))?;
         info!(width, height, ms = self.started.elapsed().as_millis() as u64, "Browser page attached");
-        self.send(&FromWorker::Connected { width, height, name: "Browser".into() }).await
+        self.send(&FromWorker::Connected { width, height, name: "Browser".into() }).await?;
+        if self.settings.enable_upload {
+            self.send(&FromWorker::Stream(StreamFromWorker::AcceptFiles { accept: true })).await?;
+        }
+        Ok(())
     }
 
     fn set_viewport(&mut self) {
@@ -583,6 +611,17 @@ impl Worker {
         match method {
             "Page.screencastFrame" if on_page => self.frame(params).await?,
             "Fetch.requestPaused" if on_page => self.request_paused(&params),
+            "Page.fileChooserOpened" if on_page => {
+                let files = self.uploads.take_for_chooser(params["mode"] == "selectMultiple");
+                match params["backendNodeId"].as_i64() {
+                    Some(node) if !files.is_empty() => {
+                        info!(files = files.len(), "Answering a file chooser with the user's uploads");
+                        let files: Vec<String> = files.iter().map(|p| p.display().to_string()).collect();
+                        self.page_command("DOM.setFileInputFiles", json!({ "files": files, "backendNodeId": node }));
+                    }
+                    _ => info!("File chooser left empty (no upload waiting)"),
+                }
+            }
             "Page.javascriptDialogOpening" if on_page => {
                 // No one can answer a dialog in a screencast: alerts and unload prompts are accepted,
                 // confirm and prompt dialogs are cancelled, so a page never blocks on them.
@@ -599,8 +638,18 @@ impl Worker {
             {
                 return Err(End::Fail(Failure::new(status::UPSTREAM_ERROR, "The browser's page was closed.")));
             }
+            "Browser.downloadWillBegin" if self.settings.enable_download => {
+                let (guid, name) = (params["guid"].as_str().unwrap_or(""), params["suggestedFilename"].as_str());
+                info!(url = %params["url"].as_str().unwrap_or(""), "Download started");
+                self.downloads.will_begin(guid, name.unwrap_or(""));
+            }
             "Browser.downloadWillBegin" => {
                 info!(url = %params["url"].as_str().unwrap_or(""), "Download refused (downloads are not enabled)");
+            }
+            "Browser.downloadProgress" if self.settings.enable_download => {
+                let (guid, state) = (params["guid"].as_str().unwrap_or(""), params["state"].as_str().unwrap_or(""));
+                let outs = self.downloads.progress(guid, state);
+                self.send_downloads(outs).await?;
             }
             "Target.targetCreated" | "Target.targetInfoChanged" => self.target_info(&params["targetInfo"]),
             "Target.targetDestroyed" => {
@@ -687,6 +736,39 @@ impl Worker {
         Ok(())
     }
 
+    /// A `file` upload's opening, data or end (the supervisor relays them only after `AcceptFiles`).
+    async fn upload_event(&mut self, event: StreamToWorker) -> Result<(), End> {
+        use crate::upload::status;
+        let (stream, code) = match event {
+            StreamToWorker::File { stream, .. } if !self.settings.enable_upload => (stream, 771),
+            StreamToWorker::File { stream, name, .. } => (stream, self.uploads.open(stream, &name)),
+            StreamToWorker::Blob { stream, data } => (stream, self.uploads.blob(stream, &data)),
+            StreamToWorker::End { stream } => (stream, self.uploads.end(stream)),
+            StreamToWorker::Abort { stream } => {
+                self.uploads.abort(stream);
+                return Ok(());
+            }
+            // No objects are defined, so no `put` or `get` can name one; acks are handled by the caller.
+            StreamToWorker::Put { .. } | StreamToWorker::Get { .. } | StreamToWorker::Ack { .. } => return Ok(()),
+        };
+        let message = if code == status::SUCCESS { "OK" } else { "Upload refused" };
+        self.send(&FromWorker::Stream(StreamFromWorker::Ack { stream, message: message.into(), status: code })).await
+    }
+
+    async fn send_downloads(&mut self, outs: Vec<Out>) -> Result<(), End> {
+        for out in outs {
+            let message = match out {
+                Out::Open { stream, name } => {
+                    StreamFromWorker::File { stream, mimetype: "application/octet-stream".into(), name }
+                }
+                Out::Blob { stream, data } => StreamFromWorker::Blob { stream, data },
+                Out::End { stream } => StreamFromWorker::End { stream },
+            };
+            self.send(&FromWorker::Stream(message)).await?;
+        }
+        Ok(())
+    }
+
     fn ack(&mut self, frame_id: i64) {
         self.page_command("Page.screencastFrameAck", json!({ "sessionId": frame_id }));
     }
@@ -738,8 +820,13 @@ impl Worker {
             ToWorker::Heartbeat => self.send(&FromWorker::Heartbeat).await?,
             ToWorker::Shutdown => return Err(End::Exit(0)),
             ToWorker::Start { .. } => warn!("Ignoring a second Start"),
-            // Streams are sent only to workers that ask for them; this one does not (downloads are refused).
-            ToWorker::Key { .. } | ToWorker::Mouse { .. } | ToWorker::Resize { .. } | ToWorker::Stream(_) => {}
+            // The client's acknowledgements of download blobs.
+            ToWorker::Stream(StreamToWorker::Ack { stream, status, .. }) => {
+                let outs = self.downloads.ack(stream, status);
+                self.send_downloads(outs).await?;
+            }
+            ToWorker::Stream(event) => self.upload_event(event).await?,
+            ToWorker::Key { .. } | ToWorker::Mouse { .. } | ToWorker::Resize { .. } => {}
         }
         Ok(())
     }
