@@ -21,6 +21,8 @@
 //! exactly the last frame's pixels, except in tiles sent lossy, which are exact again after the refresh.
 //! `tests/planner.rs` checks this with a real compositor on random surfaces and damage.
 
+#![forbid(unsafe_code)]
+
 pub mod image;
 mod naive;
 

@@ -15,8 +15,8 @@ mod recording;
 mod session;
 mod sharing;
 mod streams;
-mod typescript;
 mod tls;
+mod typescript;
 mod worker;
 
 use std::sync::Arc;

@@ -310,11 +310,13 @@ async fn kill_storm_hurts_only_the_victims() {
          after the storm {after_rss} KiB"
     );
     // The shared memory is all gone (above). The heap is what glibc keeps after freeing, which varies
-    // from run to run (30-170 MiB after the warm-up round here): the bound allows that retention, while
-    // 100 sessions leaking a frame buffer each (>= 3 MiB) would exceed it.
+    // from run to run (30-170 MiB after the warm-up round here; the storm's 100 replacement sessions, each
+    // with its display planner's buffers, fragment it further: up to 75 MiB above the warm-up seen): the
+    // bound allows that retention, while 100 sessions leaking a frame buffer each (>= 3 MiB) would exceed
+    // it. Without a storm, 30 concurrent sessions' memory does return (25 MiB anonymous after closing).
     let reference = baseline_rss.max(64 * 1024);
     assert!(
-        after_rss <= reference + 64 * 1024 && after_rss < peak_rss,
+        after_rss <= reference + 128 * 1024 && after_rss < peak_rss,
         "supervisor memory did not return near its baseline: {after_rss} KiB after, {baseline_rss} KiB after the \
          warm-up, {peak_rss} KiB with 30 sessions"
     );
