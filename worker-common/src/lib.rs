@@ -147,6 +147,15 @@ pub struct Start {
     pub dpi: u32,
 }
 
+/// What a worker's `Settings::from_params` found besides the settings.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Notes {
+    /// Parameters that were set but are not implemented (reported once each to the supervisor).
+    pub unsupported: Vec<&'static str>,
+    /// Values we could not use as given (logged).
+    pub warnings: Vec<String>,
+}
+
 /// The worker's two channels to the supervisor.
 pub struct WorkerSession {
     pub control: ControlChannel,
@@ -193,6 +202,29 @@ impl WorkerSession {
         }
     }
 
+    /// [`begin`](Self::begin), then the start parameters read by `parse`: an error fails the session with
+    /// `status` and "`{failure}: {error}`", warnings are logged, unsupported parameters reported. `Err`
+    /// carries the exit code.
+    pub async fn begin_with<S, E: std::fmt::Display>(
+        status: u16,
+        failure: &str,
+        parse: impl FnOnce(&shm_proto::control::Params) -> Result<(S, Notes), E>,
+    ) -> Result<(WorkerSession, Start, S), i32> {
+        let (session, start) = WorkerSession::begin().await?;
+        let (settings, notes) = match parse(&start.params) {
+            Ok(parsed) => parsed,
+            Err(e) => {
+                session.fail(status, format!("{failure}: {e}")).await;
+                return Err(EXIT_REPORTED);
+            }
+        };
+        for warning in &notes.warnings {
+            tracing::warn!("{warning}");
+        }
+        session.report_unsupported(&notes.unsupported).await?;
+        Ok((session, start, settings))
+    }
+
     /// Drives `work` (connecting to the remote server) while serving the control channel: heartbeats are
     /// answered and sent, the newest client resize is remembered, other input is dropped (guacd crashes
     /// on input that arrives this early). `Err(exit code)` when told to shut down or the supervisor is gone.
@@ -213,11 +245,7 @@ impl WorkerSession {
                     }
                     Ok(Some(ToWorker::Shutdown) | None) => return Err(0),
                     Ok(Some(_)) => {}
-                    Err(error) if supervisor_gone(&error) => return Err(0),
-                    Err(error) => {
-                        tracing::error!(%error, "Control channel failed");
-                        return Err(1);
-                    }
+                    Err(error) => return Err(control_failed(&error)),
                 },
                 _ = heartbeat.tick() => self.control.send(&FromWorker::Heartbeat).await.map_err(|_| 1)?,
             }
@@ -240,6 +268,16 @@ impl WorkerSession {
             self.control.send(&FromWorker::Published { seq }).await?;
         }
         Ok(())
+    }
+
+    /// Publishes pending damage, then tells the supervisor that the remote server ended the session.
+    /// Returns the exit code: 0, or 1 when the supervisor is gone.
+    pub async fn close(&mut self, message: String) -> i32 {
+        let _ = self.publish().await;
+        match self.control.send(&FromWorker::Closed { message }).await {
+            Ok(()) => 0,
+            Err(_) => 1,
+        }
     }
 
     /// Reports a fatal error with a Guacamole status code. The caller exits afterwards.
@@ -295,6 +333,16 @@ where
 /// closed with our messages unread reports ECONNRESET instead of end of file).
 pub fn supervisor_gone(error: &shm_proto::ControlError) -> bool {
     matches!(error, shm_proto::ControlError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+/// The exit code for a control channel that failed: 0 when the supervisor is gone ([`supervisor_gone`]),
+/// else 1, after logging the error.
+pub fn control_failed(error: &shm_proto::ControlError) -> i32 {
+    if supervisor_gone(error) {
+        return 0;
+    }
+    tracing::error!(%error, "Control channel failed");
+    1
 }
 
 /// Ticks every [`HEARTBEAT_INTERVAL`]; a late tick is not made up for in a burst.

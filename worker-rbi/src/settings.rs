@@ -1,6 +1,7 @@
 //! The `rbi` connection parameters (`supervisor/src/args/rbi.txt`), parsed once at `Start`.
 
 use shm_proto::control::Params;
+pub use worker_common::Notes;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SettingsError {
@@ -8,13 +9,6 @@ pub enum SettingsError {
     BadUrl { url: String },
     #[error("{name} must be a number, got {value:?}")]
     BadNumber { name: &'static str, value: String },
-}
-
-/// What [`Settings::from_params`] has to say besides the settings.
-#[derive(Debug, Default)]
-pub struct Notes {
-    pub warnings: Vec<String>,
-    pub unsupported: Vec<&'static str>,
 }
 
 #[derive(Debug, Clone)]

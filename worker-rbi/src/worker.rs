@@ -33,7 +33,7 @@ use shm_proto::{FromWorker, ToWorker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::pipe;
 use tracing::{debug, info, warn};
-use worker_common::{heartbeat_timer, supervisor_gone, WorkerArgs, WorkerSession, EXIT_REPORTED};
+use worker_common::{control_failed, heartbeat_timer, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
 use crate::cdp::{Cdp, Incoming};
 use crate::download::{Downloads, Out};
@@ -132,23 +132,12 @@ struct Launched {
 
 /// Runs one session; returns the process exit code.
 pub async fn run(args: &WorkerArgs) -> i32 {
-    let (session, start) = match WorkerSession::begin().await {
-        Ok(begun) => begun,
-        Err(code) => return code,
-    };
-    let (settings, notes) = match Settings::from_params(&start.params) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            session.fail(status::UPSTREAM_NOT_FOUND, format!("Cannot open the browser: {e}")).await;
-            return EXIT_REPORTED;
-        }
-    };
-    for warning in &notes.warnings {
-        warn!("{warning}");
-    }
-    if let Err(code) = session.report_unsupported(&notes.unsupported).await {
-        return code;
-    }
+    let failure = "Cannot open the browser";
+    let (session, start, settings) =
+        match WorkerSession::begin_with(status::UPSTREAM_NOT_FOUND, failure, Settings::from_params).await {
+            Ok(begun) => begun,
+            Err(code) => return code,
+        };
     let geometry = session.frames.geometry();
     let clamp = |(w, h): (u32, u32)| (w.clamp(1, geometry.max_width), h.clamp(1, geometry.max_height));
     let client = (start.width > 0 && start.height > 0).then_some((start.width, start.height));
@@ -430,11 +419,7 @@ impl Worker {
                         }
                     }
                     Ok(None) => return End::Exit(0),
-                    Err(error) if supervisor_gone(&error) => return End::Exit(0),
-                    Err(error) => {
-                        tracing::error!(%error, "Control channel failed");
-                        return End::Exit(1);
-                    }
+                    Err(error) => return End::Exit(control_failed(&error)),
                 },
                 _ = tick.tick() => {
                     if let Err(end) = self.tick().await {

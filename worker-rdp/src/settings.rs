@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use shm_proto::control::Params;
+pub use worker_common::Notes;
 
 use crate::cert::{CertPolicy, Fingerprint};
 use crate::clipboard::LineEnds;
@@ -164,15 +165,6 @@ pub struct Settings {
     pub full_window_drag: bool,
     pub desktop_composition: bool,
     pub menu_animations: bool,
-}
-
-/// What [`Settings::from_params`] found besides the settings.
-#[derive(Debug, Default)]
-pub struct Notes {
-    /// Parameters that were set but are not implemented (reported once each to the supervisor).
-    pub unsupported: Vec<&'static str>,
-    /// Values we could not use as given (logged).
-    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

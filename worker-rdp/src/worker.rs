@@ -41,7 +41,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_rustls::rustls;
 use tracing::{debug, info, warn};
-use worker_common::{heartbeat_timer, supervisor_gone, WorkerArgs, WorkerSession, EXIT_REPORTED};
+use worker_common::{control_failed, heartbeat_timer, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
 use crate::cert::{self, PolicyVerifier, Verdict};
 use crate::clipboard::{self as clip, ClipEvent, ClipQueue};
@@ -103,23 +103,12 @@ impl ironrdp_tokio::NetworkClient for NoNetwork {
 
 /// Runs one session; returns the process exit code.
 pub async fn run(_args: &WorkerArgs) -> i32 {
-    let (mut session, start) = match WorkerSession::begin().await {
-        Ok(begun) => begun,
-        Err(code) => return code,
-    };
-    let (mut settings, notes) = match Settings::from_params(&start.params) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            session.fail(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to RDP server: {e}")).await;
-            return EXIT_REPORTED;
-        }
-    };
-    for warning in &notes.warnings {
-        warn!("{warning}");
-    }
-    if let Err(code) = session.report_unsupported(&notes.unsupported).await {
-        return code;
-    }
+    let failure = "Unable to connect to RDP server";
+    let (mut session, start, mut settings) =
+        match WorkerSession::begin_with(status::UPSTREAM_NOT_FOUND, failure, Settings::from_params).await {
+            Ok(begun) => begun,
+            Err(code) => return code,
+        };
     // The surface bounds the desktop; the parameters win over the client's size, like guacd.
     let geometry = session.frames.geometry();
     let width = settings.width.or((start.width > 0).then_some(start.width)).unwrap_or(DEFAULT_WIDTH);
@@ -513,11 +502,7 @@ impl Worker {
                         }
                     }
                     Ok(None) => return End::Exit(0),
-                    Err(error) if supervisor_gone(&error) => return End::Exit(0),
-                    Err(error) => {
-                        tracing::error!(%error, "Control channel failed");
-                        return End::Exit(1);
-                    }
+                    Err(error) => return End::Exit(control_failed(&error)),
                 },
                 _ = heartbeat.tick() => {
                     if self.session.control.send(&FromWorker::Heartbeat).await.is_err() {
@@ -530,11 +515,7 @@ impl Worker {
 
     async fn closed(&mut self, message: String) -> End {
         info!(%message, "RDP session ended");
-        let _ = self.session.publish().await;
-        match self.session.control.send(&FromWorker::Closed { message }).await {
-            Ok(()) => End::Exit(0),
-            Err(_) => End::Exit(1),
-        }
+        End::Exit(self.session.close(message).await)
     }
 
     async fn pdu(&mut self, framed: &mut Framed, action: Action, frame: &[u8]) -> Result<(), End> {

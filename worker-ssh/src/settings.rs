@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use shm_proto::control::Params;
+pub use worker_common::Notes;
 
 use crate::palette::{ColorScheme, PaletteError};
 
@@ -132,13 +133,6 @@ impl std::fmt::Debug for Settings {
             .field("terminal_type", &self.terminal_type)
             .finish_non_exhaustive()
     }
-}
-
-/// Things to tell the supervisor about the parameters.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Notes {
-    pub unsupported: Vec<&'static str>,
-    pub warnings: Vec<String>,
 }
 
 fn number<T: std::str::FromStr>(params: &Params, name: &'static str) -> Result<Option<T>, SettingsError> {

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn};
 use vt100::{MouseProtocolEncoding, MouseProtocolMode};
-use worker_common::{heartbeat_timer, supervisor_gone, WorkerArgs, WorkerSession, EXIT_REPORTED};
+use worker_common::{control_failed, heartbeat_timer, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
 use crate::font::Font;
 use crate::keys::{KeyAction, KeyState};
@@ -60,24 +60,13 @@ enum Out {
 
 /// Runs one session; returns the process exit code.
 pub async fn run(_args: &WorkerArgs) -> i32 {
-    let (mut session, start) = match WorkerSession::begin().await {
-        Ok(begun) => begun,
-        Err(code) => return code,
-    };
-    let (params, width, height, dpi) = (start.params, start.width, start.height, start.dpi);
-    let (mut settings, notes) = match Settings::from_params(&params) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            session.fail(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to SSH server: {e}")).await;
-            return EXIT_REPORTED;
-        }
-    };
-    for warning in &notes.warnings {
-        warn!("{warning}");
-    }
-    if let Err(code) = session.report_unsupported(&notes.unsupported).await {
-        return code;
-    }
+    let failure = "Unable to connect to SSH server";
+    let (mut session, start, mut settings) =
+        match WorkerSession::begin_with(status::UPSTREAM_NOT_FOUND, failure, Settings::from_params).await {
+            Ok(begun) => begun,
+            Err(code) => return code,
+        };
+    let (width, height, dpi) = (start.width, start.height, start.dpi);
     let font = match Font::new(settings.font_size, dpi) {
         Ok(font) => font,
         Err(e) => {
@@ -267,11 +256,7 @@ async fn prompt(session: &mut WorkerSession, terminal: &mut Terminal, text: &str
                 Ok(Some(ToWorker::Heartbeat)) => session.control.send(&FromWorker::Heartbeat).await.map_err(|_| 1)?,
                 Ok(Some(ToWorker::Shutdown) | None) => return Err(0),
                 Ok(Some(_)) => {}
-                Err(error) if supervisor_gone(&error) => return Err(0),
-                Err(error) => {
-                    tracing::error!(%error, "Control channel failed");
-                    return Err(1);
-                }
+                Err(error) => return Err(control_failed(&error)),
             },
             _ = heartbeat.tick() => session.control.send(&FromWorker::Heartbeat).await.map_err(|_| 1)?,
         }
@@ -364,11 +349,7 @@ impl Worker {
                         }
                     }
                     Ok(None) => return End::Exit(0),
-                    Err(error) if supervisor_gone(&error) => return End::Exit(0),
-                    Err(error) => {
-                        tracing::error!(%error, "Control channel failed");
-                        return End::Exit(1);
-                    }
+                    Err(error) => return End::Exit(control_failed(&error)),
                 },
                 Some(message) = async {
                     match &mut sftp {

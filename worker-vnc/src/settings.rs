@@ -1,6 +1,7 @@
 //! guacd's VNC connection parameters (reference/guacd-args/vnc.txt) turned into our settings.
 
 use shm_proto::control::Params;
+pub use worker_common::Notes;
 
 use crate::clipboard::ClipboardEncoding;
 use crate::rfb::{encoding, ClientConfig, Secret};
@@ -124,15 +125,6 @@ pub struct Settings {
     pub clipboard_buffer_size: usize,
     /// Extra connection attempts after the first, 1 s apart.
     pub autoretry: u32,
-}
-
-/// What [`Settings::from_params`] found besides the settings.
-#[derive(Debug, Default)]
-pub struct Notes {
-    /// Parameters that were set but are not implemented (reported once each to the supervisor).
-    pub unsupported: Vec<&'static str>,
-    /// Values we could not use as given (logged).
-    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
-use worker_common::{heartbeat_timer, supervisor_gone, WorkerArgs, WorkerSession, EXIT_REPORTED};
+use worker_common::{control_failed, heartbeat_timer, supervisor_gone, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
 use crate::clipboard::truncate_utf8;
 use crate::rfb::{Client, ClientConfig, Event, RfbError, Surface};
@@ -66,24 +66,13 @@ enum End {
 
 /// Runs one session; returns the process exit code.
 pub async fn run(_args: &WorkerArgs) -> i32 {
-    let (mut session, start) = match WorkerSession::begin().await {
-        Ok(begun) => begun,
-        Err(code) => return code,
-    };
-    let (params, client_width, client_height) = (start.params, start.width, start.height);
-    let (settings, notes) = match Settings::from_params(&params) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            session.fail(status::UPSTREAM_NOT_FOUND, format!("Unable to connect to VNC server: {e}")).await;
-            return EXIT_REPORTED;
-        }
-    };
-    for warning in &notes.warnings {
-        warn!("{warning}");
-    }
-    if let Err(code) = session.report_unsupported(&notes.unsupported).await {
-        return code;
-    }
+    let failure = "Unable to connect to VNC server";
+    let (mut session, start, settings) =
+        match WorkerSession::begin_with(status::UPSTREAM_NOT_FOUND, failure, Settings::from_params).await {
+            Ok(begun) => begun,
+            Err(code) => return code,
+        };
+    let (client_width, client_height) = (start.width, start.height);
     let geometry = session.frames.geometry();
     let config = settings.client_config(geometry.max_width, geometry.max_height);
 
@@ -263,10 +252,7 @@ impl Worker {
                         debug!(%error, "Supervisor closed the control channel");
                         return End::Exit(0);
                     }
-                    Err(error) => {
-                        tracing::error!(%error, "Control channel failed");
-                        return End::Exit(1);
-                    }
+                    Err(error) => return End::Exit(control_failed(&error)),
                 },
                 _ = heartbeat.tick() => {
                     if self.session.control.send(&FromWorker::Heartbeat).await.is_err() {
@@ -279,11 +265,7 @@ impl Worker {
 
     async fn closed(&mut self, message: String) -> End {
         info!(%message, "VNC session ended");
-        let _ = self.session.publish().await;
-        match self.session.control.send(&FromWorker::Closed { message }).await {
-            Ok(()) => End::Exit(0),
-            Err(_) => End::Exit(1),
-        }
+        End::Exit(self.session.close(message).await)
     }
 
     /// Handles every event the buffered input produces.
