@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use guacr_tests::peers::{self, VncPeer};
 use guacr_tests::{artifact_dir, compare, ClientState, GuacClient, GuacrProcess, RgbImage};
 
+/// Where Xtigervnc puts the static desktop's pointer when it starts (the centre of 1024×768); tests that
+/// move it on that desktop leave it there.
+const STATIC_POINTER: (i32, i32) = (512, 384);
+
 const WIDTH: u32 = 1024;
 const HEIGHT: u32 = 768;
 
@@ -91,9 +95,11 @@ async fn a_recorded_vnc_session_replays_to_the_live_frame() {
         ("create-recording-path", "true".to_string()),
     ];
     let client = open(&guacr, &peer, &params).await;
-    // The pointer moves (recorded as input; the static screen does not change) and nothing is typed.
+    // The pointer moves (recorded as input) and nothing is typed. It stays on the root window and ends
+    // where Xtigervnc starts it (the centre): other tests compare this "static" screen with the server's
+    // and must find it as it was.
     for step in 0..5 {
-        client.send_mouse(100 + step * 20, 100, 0).await.unwrap();
+        client.send_mouse(432 + step * 20, STATIC_POINTER.1, 0).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let live = client.screenshot();
@@ -134,8 +140,8 @@ async fn a_recorded_vnc_session_replays_to_the_live_frame() {
         ("recording-exclude-output", "true".to_string()),
     ];
     let third = open(&guacr, &peer, &input_only).await;
-    third.send_mouse(10, 10, 0).await.unwrap();
-    third.send_mouse(20, 10, 0).await.unwrap();
+    third.send_mouse(STATIC_POINTER.0 - 20, STATIC_POINTER.1, 0).await.unwrap();
+    third.send_mouse(STATIC_POINTER.0, STATIC_POINTER.1, 0).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     third.disconnect().await.unwrap();
     third.wait_closed(Duration::from_secs(5)).await.unwrap();

