@@ -134,8 +134,10 @@ impl Service {
         let name = settings.root.clone();
         let accept = !settings.disable_upload;
         let mut service = Service { sftp, settings, out, downloads: HashMap::new(), uploads: HashMap::new() };
-        if !service.emit(StreamFromWorker::Filesystem { object: OBJECT, name }).await
-            || !service.emit(StreamFromWorker::AcceptFiles { accept }).await
+        // Uploads are accepted before the filesystem is announced: a client that sees the filesystem may
+        // drop a file at once, and the supervisor must already know that files are welcome.
+        if !service.emit(StreamFromWorker::AcceptFiles { accept }).await
+            || !service.emit(StreamFromWorker::Filesystem { object: OBJECT, name }).await
         {
             return;
         }
