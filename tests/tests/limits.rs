@@ -316,9 +316,10 @@ async fn a_client_that_stops_reading_is_held_to_its_queue_cap_slows_no_one_and_i
     assert!(gained >= 6, "the bystander keeps receiving frames");
     assert!(longest_gap < Duration::from_secs(5), "no long stall for the bystander: {longest_gap:?}");
     // The cap, one frame over it (about 3 MiB), and a second session's encoder buffers (raw pixels, PNG and
-    // base64, a few MiB each, some kept by the allocator): about +25 MiB measured. Without the cap (1 GiB)
-    // the same run measured +190 MiB.
-    let allowed = before + CAP / 1024 + 40 * 1024;
+    // base64, a few MiB each, some kept by the allocator), and each user's display-planner state (what the
+    // client shows, for tile comparison: a few MiB at 1024×768): +25 to +43 MiB measured. Without the cap
+    // (1 GiB) the same run measured +190 MiB.
+    let allowed = before + CAP / 1024 + 56 * 1024;
     assert!(peak < allowed, "the stalled client's output is bounded: {before} -> {peak} KiB (allowed {allowed})");
     assert!(bystander.last_error().is_none());
     assert_eq!(guacr.worker_pids().len(), 1, "the bystander's worker lives on");

@@ -132,7 +132,7 @@ async fn shadow_over_tls_matches_the_x_display() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     client.send_mouse(200, 150, 0).await.unwrap();
     client
-        .wait_until_named("cursor", Duration::from_secs(5), |s| s.display.cursor.is_some())
+        .wait_until_named("cursor", Duration::from_secs(15), |s| s.display.cursor.is_some())
         .await
         .expect("the server's pointer reached the client as its cursor");
 }
