@@ -1104,16 +1104,23 @@ impl<'a> Session<'a> {
                 continue;
             }
             user.unacked.push_back((timestamp, sent));
-            if let Err(e) = user.writer().send_frame(out.clone()) {
-                if index == 0 {
-                    return Err(e.into());
-                }
-                self.remove_user(index, Err(e.into()));
-                continue;
-            }
-            index += 1;
+            let sent_ok = user.writer().send_frame(out.clone());
+            index = self.after_send(index, sent_ok)?;
         }
         Ok(())
+    }
+
+    /// After output to user `index`: the index of the next user. A joiner whose queue failed is removed
+    /// (so the same index is next); the owner's failure ends the session.
+    fn after_send(&mut self, index: usize, sent: Result<(), ClientError>) -> Result<usize, SessionEnd> {
+        match sent {
+            Ok(()) => Ok(index + 1),
+            Err(e) if index == 0 => Err(e.into()),
+            Err(e) => {
+                self.remove_user(index, Err(e.into()));
+                Ok(index)
+            }
+        }
     }
 
     /// Control output for every user (and the recording): cursor, name, clipboard, `disconnect`.
@@ -1123,14 +1130,8 @@ impl<'a> Session<'a> {
         }
         let mut index = 0;
         while index < self.users.len() {
-            if let Err(e) = self.users[index].writer().send_bytes(out.clone()) {
-                if index == 0 {
-                    return Err(e.into());
-                }
-                self.remove_user(index, Err(e.into()));
-                continue;
-            }
-            index += 1;
+            let sent = self.users[index].writer().send_bytes(out.clone());
+            index = self.after_send(index, sent)?;
         }
         Ok(())
     }
