@@ -245,6 +245,11 @@ impl Planner {
         self.lossy.values().map(|l| l.since + REFRESH_AFTER).min()
     }
 
+    /// The tiles the client shows lossy, waiting for their refresh (everything else it shows exactly).
+    pub fn lossy_tiles(&self) -> Vec<Rect> {
+        self.lossy.keys().map(|t| self.tile_rect(*t)).collect()
+    }
+
     /// Appends the lossless repaint of every lossy tile that has been quiet for [`REFRESH_AFTER`].
     pub fn encode_refresh(&mut self, now: Instant, out: &mut BytesMut) -> Stats {
         let mut st = Stats::default();
