@@ -5,13 +5,19 @@
 //! page 0   header: magic, version, geometry, `published` and `consumed` (own cache lines),
 //!          two slot descriptors
 //! ...      damage list of slot 0, damage list of slot 1 (OP_SIZE bytes per op)
-//! page k   surface 0 (stride * max_height bytes, page aligned)
+//! page k   surface 0 (max_width * max_height * 4 bytes, page aligned)
 //! page m   surface 1
 //! ```
+//!
+//! A surface's rows are packed at the stride of the frame it holds (`width * 4`, the width recorded in
+//! its slot descriptor), not at `max_width * 4`: a small frame then occupies the first pages of the
+//! surface instead of a few bytes of every `max_width` row, which keeps the touched (resident, shared)
+//! pages of a session proportional to its frame size rather than to the configured maximum.
 
 /// "GUACRSHM" in little endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"GUACRSHM");
-pub const VERSION: u32 = 1;
+/// 2: rows packed at the frame's stride (1 used `max_width * 4`).
+pub const VERSION: u32 = 2;
 pub const PAGE: usize = 4096;
 pub const BYTES_PER_PIXEL: usize = 4;
 
@@ -65,13 +71,14 @@ impl Geometry {
         ok.then_some(Geometry { max_width, max_height, damage_capacity })
     }
 
-    /// Bytes per surface row.
-    pub fn stride(&self) -> usize {
-        self.max_width as usize * BYTES_PER_PIXEL
+    /// Bytes per surface row of a frame `width` pixels wide (rows are packed at the frame's width).
+    pub fn stride(width: u32) -> usize {
+        width as usize * BYTES_PER_PIXEL
     }
 
+    /// Bytes reserved for each surface: the largest frame, `max_width * max_height` pixels.
     pub fn surface_bytes(&self) -> usize {
-        self.stride() * self.max_height as usize
+        self.max_width as usize * self.max_height as usize * BYTES_PER_PIXEL
     }
 
     pub fn damage_offset(&self, slot: usize) -> usize {
@@ -118,5 +125,13 @@ mod tests {
         assert!(Geometry::new(10, 10, 0).is_none());
         assert!(Geometry::new(Geometry::LIMIT + 1, 10, 1).is_none());
         assert!(Geometry::new(Geometry::LIMIT, Geometry::LIMIT, 65536).is_some());
+    }
+
+    #[test]
+    fn every_frame_size_fits_its_surface() {
+        let g = Geometry::new(37, 11, 1).unwrap();
+        for (w, h) in [(37, 11), (1, 11), (37, 1), (5, 7)] {
+            assert!(Geometry::stride(w) * h as usize <= g.surface_bytes());
+        }
     }
 }

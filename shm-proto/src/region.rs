@@ -173,8 +173,10 @@ impl FrameReader {
     pub fn read_row(&self, frame: &Frame, rect: Rect, row: u32, dst: &mut [u8]) {
         assert!(rect.fits(frame.width, frame.height) && row < rect.h);
         assert_eq!(dst.len(), rect.w as usize * BYTES_PER_PIXEL);
+        // The frame's rows are packed at its own width (validated against the geometry in `acquire`), so
+        // the offset stays inside the surface: (height - 1) * width * 4 + width * 4 <= surface_bytes.
         let offset = self.geometry.surface_offset(frame.slot)
-            + (rect.y + row) as usize * self.geometry.stride()
+            + (rect.y + row) as usize * Geometry::stride(frame.width)
             + rect.x as usize * BYTES_PER_PIXEL;
         self.map.copy_out(offset, dst);
     }
@@ -260,9 +262,10 @@ impl FrameWriter {
         self.geometry
     }
 
-    /// Bytes per row of every surface.
+    /// Bytes per row of the back surface at the current frame size (`width * 4`). It changes with
+    /// [`FrameWriter::resize`]: read it again after every resize.
     pub fn stride(&self) -> usize {
-        self.geometry.stride()
+        Geometry::stride(self.width)
     }
 
     pub fn size(&self) -> (u32, u32) {
@@ -270,26 +273,57 @@ impl FrameWriter {
     }
 
     /// Sets the frame size (server resolution). Everything counts as damaged afterwards.
+    ///
+    /// The back surface keeps its pixels where the old and new frames overlap (rows are moved to the new
+    /// stride); the newly exposed area reads as zero (black). The first resize leaves the surface as the
+    /// supervisor created it (zero), without touching its pages.
     pub fn resize(&mut self, width: u32, height: u32) -> Result<(), ShmError> {
         let g = self.geometry;
         if !(1..=g.max_width).contains(&width) || !(1..=g.max_height).contains(&height) {
             return Err(ShmError::BadFrameSize { width, height, max_width: g.max_width, max_height: g.max_height });
         }
         if (width, height) != (self.width, self.height) {
+            let old = (self.width, self.height);
             self.width = width;
             self.height = height;
+            self.relayout_back(old);
             self.resized = true;
             self.mark_all();
         }
         Ok(())
     }
 
+    /// Moves the back surface's rows from the stride of an `old` frame size to the current one.
+    fn relayout_back(&mut self, (old_w, old_h): (u32, u32)) {
+        if old_w == 0 {
+            // No frame yet: nothing to keep, and writing zeros would only make every page resident.
+            return;
+        }
+        let (new_stride, old_stride) = (Geometry::stride(self.width), Geometry::stride(old_w));
+        let kept_rows = old_h.min(self.height) as usize;
+        let kept = old_stride.min(new_stride);
+        let rows = self.height as usize;
+        let back = self.back_mut();
+        // Narrower rows move towards the start, so go forwards; wider rows move towards the end, so go
+        // backwards: either way no row is overwritten before it has been moved.
+        let mut move_row = |y: usize| back.copy_within(y * old_stride..y * old_stride + kept, y * new_stride);
+        if new_stride < old_stride {
+            (0..kept_rows).for_each(&mut move_row);
+        } else if new_stride > old_stride {
+            (0..kept_rows).rev().for_each(&mut move_row);
+        }
+        for y in 0..rows {
+            let from = if y < kept_rows { kept } else { 0 };
+            back[y * new_stride + from..(y + 1) * new_stride].fill(0);
+        }
+    }
+
     fn back_slot(&self) -> usize {
         slot_of(self.published + 1)
     }
 
-    /// The whole back surface (`stride * max_height` bytes of BGRX). Pixels outside the current frame
-    /// size are never read.
+    /// The whole back surface (`max_width * max_height * 4` bytes of BGRX); the frame occupies its first
+    /// `stride() * height` bytes. Pixels outside the current frame are never read.
     pub fn back_mut(&mut self) -> &mut [u8] {
         let offset = self.geometry.surface_offset(self.back_slot());
         let len = self.geometry.surface_bytes();
@@ -516,6 +550,39 @@ mod tests {
         writer.copy_rect(10, 10, Rect::new(0, 0, 10, 10));
         writer.copy_rect(u32::MAX, 0, Rect::new(0, 0, 2, 2));
         assert!(writer.resize(33, 1).is_err());
+    }
+
+    /// Rows follow the frame's width; a resize keeps the overlapping pixels and blanks the rest.
+    #[test]
+    fn resize_relays_out_the_surface() {
+        let (mut reader, mut writer) = pair(64, 32);
+        writer.resize(8, 4).unwrap();
+        for (y, value) in (0..4).zip(1u8..) {
+            fill(&mut writer, Rect::new(0, y, 8, 1), value);
+        }
+        assert_eq!(writer.try_publish(), Some(1));
+        let frame = reader.acquire().unwrap().unwrap();
+        let mut px = Vec::new();
+        reader.read_rect(&frame, frame.full_rect(), &mut px);
+        let rows: Vec<u8> = px.chunks_exact(8 * 4).map(|r| r[0]).collect();
+        assert_eq!(rows, [1, 2, 3, 4]);
+        reader.release(frame);
+        // Wider and shorter, then narrower and taller: the overlap survives both moves.
+        for (w, h, visible) in [(20, 3, 8), (5, 6, 5)] {
+            writer.resize(w, h).unwrap();
+            assert_eq!(writer.stride(), w as usize * 4);
+            let seq = writer.try_publish().unwrap();
+            let frame = reader.acquire().unwrap().unwrap();
+            assert_eq!((frame.seq, frame.width, frame.height), (seq, w, h));
+            reader.read_rect(&frame, frame.full_rect(), &mut px);
+            for (y, row) in px.chunks_exact(w as usize * 4).enumerate() {
+                let kept = if y < 3 { (y + 1) as u8 } else { 0 };
+                let visible = if y < 3 { visible } else { 0 };
+                assert!(row[..visible * 4].iter().all(|&b| b == kept), "row {y} of {w}x{h}: {row:?}");
+                assert!(row[visible * 4..].iter().all(|&b| b == 0), "row {y} of {w}x{h}: {row:?}");
+            }
+            reader.release(frame);
+        }
     }
 
     #[test]

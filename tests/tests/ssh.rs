@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use guacr_tests::peers::{self, SshPeer};
 use guacr_tests::{artifact_dir, GuacClient, GuacrProcess, RgbImage};
-use worker_ssh::font::Font;
+use worker_ssh::font::{Fallback, Font};
 use worker_ssh::palette::GUACD_PALETTE;
 
 const WIDTH: u32 = 1024;
@@ -586,32 +586,41 @@ async fn typescript_replays_with_scriptreplay() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wide_characters_take_two_cells() {
+async fn wide_characters_take_two_cells_in_the_cjk_fallback_font() {
     let guacr = guacr();
     let peer = peer();
     let client = open(&guacr, &peer, &[("password", &peer.password)]).await;
     wait_prompt(&client, &guacr).await;
-    // "A", U+4E2D (CJK, two cells; DejaVu has no glyph: a box two cells wide), "B" in the fourth cell.
+    // "A", U+4E2D (CJK, two cells; DejaVu has none, the host's fallback font draws it), "B" in the fourth cell.
     client.type_text("clear; printf 'A\\344\\270\\255B\\n'\n").await.unwrap();
-    let mut font = Font::new(12, 96).unwrap();
-    let (cw, ch) = (font.cell_width, font.cell_height);
-    let width = 4 * cw;
-    let mut rgb = vec![0u8; (width * ch * 3) as usize];
-    for (x0, c, wide) in [(0, 'A', false), (cw, '\u{4e2d}', true), (3 * cw, 'B', false)] {
-        let mask = font.glyph(c, 0, wide).clone();
-        for y in 0..mask.height {
-            for x in 0..mask.width {
-                let a = mask.coverage[(y * mask.width + x) as usize] as u16;
-                let at = ((y * width + x0 + x) * 3) as usize;
-                for k in 0..3 {
-                    rgb[at + k] = ((FG[k] as u16 * a + BG[k] as u16 * (255 - a) + 127) / 255) as u8;
+    let row = |font: &mut Font| {
+        let (cw, ch) = (font.cell_width, font.cell_height);
+        let width = 4 * cw;
+        let mut rgb = vec![0u8; (width * ch * 3) as usize];
+        for (x0, c, wide) in [(0, 'A', false), (cw, '\u{4e2d}', true), (3 * cw, 'B', false)] {
+            let mask = font.glyph(c, 0, wide).clone();
+            for y in 0..mask.height {
+                for x in 0..mask.width {
+                    let a = mask.coverage[(y * mask.width + x) as usize] as u16;
+                    let at = ((y * width + x0 + x) * 3) as usize;
+                    for k in 0..3 {
+                        rgb[at + k] = ((FG[k] as u16 * a + BG[k] as u16 * (255 - a) + 127) / 255) as u8;
+                    }
                 }
             }
         }
-    }
-    let expected = RgbImage::from_raw(width, ch, rgb).unwrap();
+        RgbImage::from_raw(width, ch, rgb).unwrap()
+    };
+    let mut font = Font::new(12, 96).unwrap();
+    let (cw, ch) = (font.cell_width, font.cell_height);
+    let boxed = row(&mut font);
+    // The same font the worker finds (scripts/test.sh installs fonts-wqy-microhei): missing, this fails.
+    let fallback = Fallback::find().expect("no CJK fallback font installed: apt-get install fonts-wqy-microhei");
+    font.set_fallback(fallback);
+    let expected = row(&mut font);
+    assert_ne!(expected, boxed, "the fallback font must draw U+4E2D differently from the placeholder box");
     let result = client
-        .wait_until_named("wide character row", Duration::from_secs(10), move |s| {
+        .wait_until_named("wide character row in the fallback font", Duration::from_secs(10), move |s| {
             s.display.screenshot().crop(0, 0, 4 * cw, ch) == expected
         })
         .await;

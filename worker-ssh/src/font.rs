@@ -1,9 +1,14 @@
 //! The embedded monospace font (DejaVu Sans Mono, from the `dejavu` crate, so no system font is needed),
-//! cell metrics and a glyph cache of coverage masks.
+//! cell metrics, an optional CJK fallback font from the host ([`Fallback`]) and a glyph cache of coverage
+//! masks.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
 
-use ab_glyph::{point, Font as _, FontRef, PxScale, ScaleFont as _};
+use ab_glyph::{point, Font as _, FontRef, FontVec, GlyphId, PxScale, ScaleFont as _};
+use tracing::{info, warn};
 
 /// Style bits of a glyph.
 pub const BOLD: u8 = 1;
@@ -21,8 +26,94 @@ pub struct Mask {
     pub coverage: Vec<u8>,
 }
 
+/// Where Debian's CJK fonts live, smallest first (the worker reads the whole file once it needs it):
+/// `fonts-wqy-microhei` (5 MB), `fonts-droid-fallback` (Android's fallback), `fonts-wqy-zenhei` (16 MB),
+/// `fonts-noto-cjk` (19 MB and more).
+pub const FALLBACK_PATHS: &[&str] = &[
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+];
+
+/// Larger files are not fallback fonts we know; reading one would cost the worker that much memory.
+const MAX_FALLBACK_BYTES: u64 = 40 << 20;
+
+/// A font from the host used for characters DejaVu Sans Mono lacks (CJK above all).
+///
+/// The file is opened before the sandbox goes up (afterwards the worker can open nothing) but read only
+/// when the first such character is drawn: read into private memory (mapping it shared would need
+/// `unsafe`), it costs its size (5 MB for WenQuanYi Micro Hei), which a session that never shows CJK
+/// should not pay.
+pub struct Fallback {
+    path: PathBuf,
+    state: FallbackState,
+}
+
+enum FallbackState {
+    Unread { file: File, len: usize },
+    Loaded(FontVec),
+    Failed,
+}
+
+impl Fallback {
+    /// The first of [`FALLBACK_PATHS`] that opens; `None` (and one log line) when none is installed.
+    pub fn find() -> Option<Fallback> {
+        let found = FALLBACK_PATHS.iter().find_map(|p| Fallback::open(Path::new(p)).ok());
+        match &found {
+            Some(f) => info!(path = %f.path.display(), "CJK fallback font found"),
+            None => {
+                info!(candidates = ?FALLBACK_PATHS, "No CJK fallback font installed; wide characters draw as boxes")
+            }
+        }
+        found
+    }
+
+    /// Opens `path` (a TrueType/OpenType font or collection) without reading it yet.
+    pub fn open(path: &Path) -> std::io::Result<Fallback> {
+        let file = File::open(path)?;
+        let len = file.metadata()?.len();
+        if len > MAX_FALLBACK_BYTES {
+            return Err(std::io::Error::other(format!("{len} bytes is too large for a fallback font")));
+        }
+        Ok(Fallback { path: path.to_owned(), state: FallbackState::Unread { file, len: len as usize } })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The face, read and parsed on the first call. A file that cannot be read or parsed is logged once
+    /// and given up on.
+    fn face(&mut self) -> Option<&FontVec> {
+        if let FallbackState::Unread { file, len } = &mut self.state {
+            // Plain `read` calls only: the sandbox allows no `statx`/`lseek` on files.
+            let mut data = vec![0u8; *len];
+            let loaded = file
+                .read_exact(&mut data)
+                .map_err(|e| e.to_string())
+                .and_then(|()| FontVec::try_from_vec_and_index(data, 0).map_err(|e| e.to_string()));
+            self.state = match loaded {
+                Ok(face) => {
+                    info!(path = %self.path.display(), "CJK fallback font loaded");
+                    FallbackState::Loaded(face)
+                }
+                Err(error) => {
+                    warn!(path = %self.path.display(), %error, "CJK fallback font unusable; wide characters draw as boxes");
+                    FallbackState::Failed
+                }
+            };
+        }
+        match &self.state {
+            FallbackState::Loaded(face) => Some(face),
+            _ => None,
+        }
+    }
+}
+
 pub struct Font {
     faces: [FontRef<'static>; 4],
+    fallback: Option<Fallback>,
     scale: PxScale,
     /// Cell size in pixels.
     pub cell_width: u32,
@@ -51,7 +142,21 @@ impl Font {
         let ascent = scaled.ascent();
         let descent = scaled.descent();
         let cell_height = (ascent - descent).ceil().max(1.0) as u32;
-        Ok(Font { faces, scale, cell_width, cell_height, baseline: ascent.round(), cache: HashMap::new() })
+        Ok(Font {
+            faces,
+            fallback: None,
+            scale,
+            cell_width,
+            cell_height,
+            baseline: ascent.round(),
+            cache: HashMap::new(),
+        })
+    }
+
+    /// Draws characters DejaVu lacks with `fallback` instead of a box.
+    pub fn set_fallback(&mut self, fallback: Fallback) {
+        self.fallback = Some(fallback);
+        self.cache.clear();
     }
 
     /// The mask of `c` in `style`, one cell wide (two when `wide`).
@@ -89,29 +194,37 @@ impl Font {
         (width as u32, ch as u32, rgb)
     }
 
-    fn rasterize(&self, c: char, style: u8, wide: bool) -> Mask {
+    fn rasterize(&mut self, c: char, style: u8, wide: bool) -> Mask {
         let width = self.cell_width * if wide { 2 } else { 1 };
         let height = self.cell_height;
         let mut coverage = vec![0u8; (width * height) as usize];
-        let face = &self.faces[style as usize & 3];
-        let mut id = face.glyph_id(c);
-        if id.0 == 0 {
-            // Not in the bold/oblique face: try the regular one before giving up.
-            id = self.faces[0].glyph_id(c);
-        }
-        if id.0 == 0 && !c.is_whitespace() && !c.is_control() {
-            // DejaVu has no glyph (CJK, emoji). No CJK font is loaded: it would cost every worker several MB
-            // (it cannot be mapped shared once sandboxed, so it would be read into private memory). A box
-            // the width of the character's cells shows clearly that something is there and how wide it is.
-            Self::placeholder(&mut coverage, width, height);
+        let styled = &self.faces[style as usize & 3];
+        // The styled face, else the regular one (bold/oblique lack a few), else the host's fallback.
+        let face: Option<(&dyn DynFont, GlyphId)> = if styled.glyph_id(c).0 != 0 {
+            Some((styled, styled.glyph_id(c)))
+        } else if self.faces[0].glyph_id(c).0 != 0 {
+            Some((&self.faces[0], self.faces[0].glyph_id(c)))
+        } else if c.is_whitespace() || c.is_control() {
+            None
+        } else {
+            self.fallback.as_mut().and_then(Fallback::face).and_then(|f| {
+                let id = f.glyph_id(c);
+                (id.0 != 0).then_some((f as &dyn DynFont, id))
+            })
+        };
+        let Some((face, id)) = face else {
+            if !c.is_whitespace() && !c.is_control() {
+                // No font has it (emoji; CJK without a fallback font). A box the width of the character's
+                // cells shows clearly that something is there and how wide it is.
+                Self::placeholder(&mut coverage, width, height);
+            }
             return Mask { width, height, coverage };
-        }
-        let face = if face.glyph_id(c).0 == 0 { &self.faces[0] } else { face };
-        let advance = face.as_scaled(self.scale).h_advance(id);
+        };
+        let advance = face.h_advance_at(id, self.scale);
         // Centre glyphs narrower or wider than the cell (wide characters).
         let x = ((width as f32 - advance) / 2.0).max(0.0).floor();
         let glyph = id.with_scale_and_position(self.scale, point(x, self.baseline));
-        if let Some(outline) = face.outline_glyph(glyph) {
+        if let Some(outline) = face.outline(glyph) {
             let bounds = outline.px_bounds();
             outline.draw(|gx, gy, v| {
                 let px = bounds.min.x as i32 + gx as i32;
@@ -123,6 +236,22 @@ impl Font {
             });
         }
         Mask { width, height, coverage }
+    }
+}
+
+/// The two kinds of face (embedded `FontRef`, the host's `FontVec`) behind one reference.
+trait DynFont {
+    fn h_advance_at(&self, id: GlyphId, scale: PxScale) -> f32;
+    fn outline(&self, glyph: ab_glyph::Glyph) -> Option<ab_glyph::OutlinedGlyph>;
+}
+
+impl<F: ab_glyph::Font> DynFont for F {
+    fn h_advance_at(&self, id: GlyphId, scale: PxScale) -> f32 {
+        self.as_scaled(scale).h_advance(id)
+    }
+
+    fn outline(&self, glyph: ab_glyph::Glyph) -> Option<ab_glyph::OutlinedGlyph> {
+        self.outline_glyph(glyph)
     }
 }
 
@@ -163,6 +292,43 @@ mod tests {
         let narrow = font.glyph('\u{e000}', 0, false).clone();
         assert_eq!(narrow.width, w);
         assert_eq!(at(&narrow, w - 2, h / 2), 255);
+    }
+
+    /// With the host's CJK font (scripts/test.sh installs fonts-wqy-microhei), U+4E2D is that font's
+    /// glyph across two cells: its vertical stroke crosses the middle, where the box is hollow.
+    #[test]
+    fn cjk_is_drawn_with_the_fallback_font() {
+        let mut font = Font::new(12, 96).unwrap();
+        let fallback = Fallback::find().expect("no CJK font installed: apt-get install fonts-wqy-microhei");
+        font.set_fallback(fallback);
+        let (w, h) = (font.cell_width, font.cell_height);
+        let cjk = font.glyph('\u{4e2d}', 0, true).clone();
+        assert_eq!((cjk.width, cjk.height), (2 * w, h));
+        let middle = (0..h)
+            .map(|y| cjk.coverage[(y * cjk.width + w) as usize].max(cjk.coverage[(y * cjk.width + w - 1) as usize]));
+        assert!(middle.filter(|&c| c > 128).count() as u32 > h / 2, "no vertical stroke: {:?}", cjk.coverage);
+        // Ink in both cells, and the glyph is not the box.
+        let ink = |x0: u32, x1: u32| {
+            (0..h)
+                .flat_map(|y| (x0..x1).map(move |x| (x, y)))
+                .filter(|&(x, y)| cjk.coverage[(y * cjk.width + x) as usize] > 128)
+                .count()
+        };
+        assert!(ink(0, w - 1) > 0 && ink(w + 1, 2 * w) > 0);
+        let mut boxed = Font::new(12, 96).unwrap();
+        assert_ne!(boxed.glyph('\u{4e2d}', 0, true).coverage, cjk.coverage);
+        // ASCII still comes from DejaVu.
+        assert_eq!(font.glyph('M', 0, false).coverage, boxed.glyph('M', 0, false).coverage);
+    }
+
+    #[test]
+    fn a_file_that_is_no_font_falls_back_to_boxes() {
+        let mut font = Font::new(12, 96).unwrap();
+        font.set_fallback(Fallback::open(Path::new("/proc/self/cmdline")).unwrap());
+        let (w, h) = (font.cell_width, font.cell_height);
+        let cjk = font.glyph('\u{4e2d}', 0, true).clone();
+        assert_eq!(cjk.coverage[(h / 2 * cjk.width + 1) as usize], 255);
+        assert_eq!(cjk.coverage[(h / 2 * cjk.width + w) as usize], 0, "hollow box");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 use vt100::{MouseProtocolEncoding, MouseProtocolMode};
 use worker_common::{control_failed, heartbeat_timer, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
-use crate::font::Font;
+use crate::font::{Fallback, Font};
 use crate::keys::{KeyAction, KeyState};
 use crate::settings::Settings;
 use crate::ssh::{self, status, Failure};
@@ -67,13 +67,17 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             Err(code) => return code,
         };
     let (width, height, dpi) = (start.width, start.height, start.dpi);
-    let font = match Font::new(settings.font_size, dpi) {
+    let mut font = match Font::new(settings.font_size, dpi) {
         Ok(font) => font,
         Err(e) => {
             session.fail(status::UPSTREAM_ERROR, e.to_string()).await;
             return EXIT_REPORTED;
         }
     };
+    // Opened now, while files can still be opened; read only when a character needs it.
+    if let Some(fallback) = Fallback::find() {
+        font.set_fallback(fallback);
+    }
     let (width, height) = clamp_size(&session, width, height);
     let mut terminal = Terminal::new(font, settings.color_scheme.clone(), settings.scrollback, width, height);
 
@@ -116,7 +120,7 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             let addrs = resolve(&settings.hostname, settings.port).await?;
             // Second lock-down step, before the first byte from the server: Landlock (TCP connect to the
             // target's port only, no filesystem) and the seccomp allow-list. Everything the session needs
-            // later (font, key material, host keys) is already in memory.
+            // later (font and the opened fallback font file, key material, host keys) is already at hand.
             let sandboxed = worker_common::sandbox(&worker_common::Policy::tcp_client(&addrs))
                 .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("Cannot sandbox the SSH worker: {e}")))?;
             debug!(?sandboxed, "Sandboxed");

@@ -10,8 +10,19 @@
 //! - `silent`: stops answering (no heartbeats) but stays alive;
 //! - `exit`: exits right after the start;
 //! - `fail-769`: reports a failed login (a legitimate error, passed through);
-//! - `fail-bogus`: reports a status a worker may not choose.
+//! - `fail-bogus`: reports a status a worker may not choose;
+//! - `stream-bad-index`: a blob on a stream index outside the worker's range;
+//! - `stream-blob-before-file`: a blob on a stream it never opened;
+//! - `stream-oversize-blob`: opens a download, then sends a blob one byte over the chunk size;
+//! - `stream-filesystem-flood`: defines a thousand filesystem objects;
+//! - `stream-end-before-file`: ends a stream before opening it;
+//! - `stream-blob-after-end`: opens, ends, then sends a blob on the ended stream;
+//! - `stream-stray-ack`: acknowledges an upload nobody sent (ignored by the supervisor), then offers a
+//!   download `after-ack.txt` and keeps sending heartbeats;
+//! - `bystander`: a well-behaved session: sends heartbeats and offers a download `alive-N.txt`
+//!   ("alive N") for the N-th key press.
 
+use shm_proto::control::{StreamFromWorker, MAX_WORKER_STREAMS, STREAM_CHUNK};
 use shm_proto::layout::{
     OFF_PUBLISHED, OFF_SLOTS, SLOT_DAMAGE_COUNT, SLOT_FLAGS, SLOT_HEIGHT, SLOT_SEQ, SLOT_SIZE, SLOT_WIDTH,
 };
@@ -88,8 +99,102 @@ async fn attack() {
         "exit" => std::process::exit(3),
         "fail-769" => session.fail(769, "Authentication failure (test)").await,
         "fail-bogus" => session.fail(0, "bogus status").await,
+        "stream-bad-index" => {
+            send_streams(&session, [StreamFromWorker::Blob { stream: MAX_WORKER_STREAMS + 7, data: b"x".to_vec() }])
+                .await
+        }
+        "stream-blob-before-file" => {
+            send_streams(&session, [StreamFromWorker::Blob { stream: 3, data: b"early".to_vec() }]).await
+        }
+        "stream-oversize-blob" => {
+            send_streams(
+                &session,
+                [file(1, "big.bin"), StreamFromWorker::Blob { stream: 1, data: vec![7; STREAM_CHUNK + 1] }],
+            )
+            .await
+        }
+        "stream-filesystem-flood" => {
+            send_streams(
+                &session,
+                (0..1000).map(|object| StreamFromWorker::Filesystem { object, name: format!("flood-{object}") }),
+            )
+            .await
+        }
+        "stream-end-before-file" => {
+            send_streams(&session, [StreamFromWorker::End { stream: 4 }, file(4, "late.txt")]).await
+        }
+        "stream-blob-after-end" => {
+            let blob = StreamFromWorker::Blob { stream: 2, data: b"after end".to_vec() };
+            send_streams(&session, [file(2, "ended.txt"), StreamFromWorker::End { stream: 2 }, blob]).await
+        }
+        "stream-stray-ack" => {
+            let stray = StreamFromWorker::Ack { stream: 77, message: "late".into(), status: 0 };
+            send_streams(&session, [stray]).await;
+            send_streams(&session, download(0, "after-ack.txt", b"still relayed")).await;
+            serve(&session, |_| None::<[StreamFromWorker; 0]>).await
+        }
+        "bystander" => {
+            let mut presses = 0;
+            serve(&session, |message| match message {
+                ToWorker::Key { pressed: true, .. } => {
+                    presses += 1;
+                    Some(download(
+                        presses % MAX_WORKER_STREAMS,
+                        &format!("alive-{presses}.txt"),
+                        format!("alive {presses}").as_bytes(),
+                    ))
+                }
+                _ => None,
+            })
+            .await
+        }
         other => tracing::error!(mode = other, "unknown attack"),
     }
     // Stay alive (quietly) so the supervisor has to kill us.
     std::future::pending::<()>().await
+}
+
+fn file(stream: u32, name: &str) -> StreamFromWorker {
+    StreamFromWorker::File { stream, mimetype: "application/octet-stream".into(), name: name.into() }
+}
+
+/// A complete, valid download on `stream`.
+fn download(stream: u32, name: &str, data: &[u8]) -> [StreamFromWorker; 3] {
+    [file(stream, name), StreamFromWorker::Blob { stream, data: data.to_vec() }, StreamFromWorker::End { stream }]
+}
+
+/// Sends stream events in order; stops quietly once the supervisor has hung up (it does on a breach).
+async fn send_streams(session: &WorkerSession, events: impl IntoIterator<Item = StreamFromWorker>) {
+    for event in events {
+        if session.control.send(&FromWorker::Stream(event)).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Behaves: sends heartbeats (so the supervisor keeps the session) and whatever `respond` makes of each
+/// message. Exits when the supervisor hangs up.
+async fn serve<R>(session: &WorkerSession, mut respond: impl FnMut(ToWorker) -> Option<R>)
+where
+    R: IntoIterator<Item = StreamFromWorker>,
+{
+    let mut heartbeat = worker_common::heartbeat_timer();
+    loop {
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                if session.control.send(&FromWorker::Heartbeat).await.is_err() {
+                    break;
+                }
+            }
+            message = session.control.recv::<ToWorker>() => match message {
+                Ok(Some(ToWorker::Shutdown)) | Ok(None) | Err(_) => break,
+                Ok(Some(message)) => {
+                    if let Some(events) = respond(message) {
+                        send_streams(session, events).await;
+                    }
+                }
+            },
+        }
+    }
+    std::process::exit(0)
 }
