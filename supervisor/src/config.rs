@@ -92,6 +92,14 @@ pub struct Config {
     /// `naive` (every damaged rectangle as one PNG: the baseline guacr-bench compares against).
     #[arg(long, value_enum, env = "GUACR_DISPLAY_MODE", default_value_t = DisplayMode::Planned)]
     pub display_mode: DisplayMode,
+    /// Threads of the process-wide encoder pool that encodes every session's frames (fair across
+    /// sessions, bounded queue). Default: one per available core.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub encoder_threads: Option<u16>,
+    /// A session whose recording (`recording-path`) cannot be opened or stops (disk full, a disk that
+    /// does not keep up) ends with `error` 512, instead of going on unrecorded as in guacd.
+    #[arg(long)]
+    pub recording_required: bool,
 }
 
 /// How frames are encoded (`--display-mode`).

@@ -5,7 +5,8 @@
 //! thread over a channel and goes on. The thread writes through a buffer and flushes at least once a
 //! second, so a worker crash (which ends only the session) loses nothing the users were sent: what was
 //! queued is written and flushed when the session drops the recorder. A write error (disk full) ends the
-//! recording with one log line; the session goes on.
+//! recording with one log line; the session goes on, unless guacr runs with `--recording-required`: then
+//! a recording that stops (or cannot start) ends its session with `error` 512 ([`Recorder::lost`]).
 
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -186,6 +187,10 @@ pub struct Recorder {
     queue: Option<mpsc::Sender<Bytes>>,
     queued: Arc<AtomicUsize>,
     failed: Arc<AtomicBool>,
+    /// Set (once) when the recording stopped before the session ended: write error or queue overflow.
+    lost: Arc<tokio::sync::watch::Sender<bool>>,
+    /// `--recording-required`: a lost recording ends the session.
+    required: bool,
     thread: Option<std::thread::JoinHandle<()>>,
     /// Logged once: the recording stopped.
     reported: bool,
@@ -199,18 +204,78 @@ impl Recorder {
         let (queue, incoming) = mpsc::channel::<Bytes>();
         let queued = Arc::new(AtomicUsize::new(0));
         let failed = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(tokio::sync::watch::Sender::new(false));
         let thread = {
-            let (queued, failed) = (queued.clone(), failed.clone());
+            let (queued, failed, lost) = (queued.clone(), failed.clone(), lost.clone());
             let span = tracing::Span::current();
             std::thread::Builder::new()
                 .name("guacr-recording".into())
                 .spawn(move || {
                     let _entered = span.enter();
-                    write_loop(file, &path, incoming, &queued, &failed)
+                    write_loop(file, &path, incoming, &queued, &failed);
+                    if failed.load(Ordering::Relaxed) {
+                        lost.send_replace(true);
+                    }
                 })
                 .map_err(|source| RecordingError::Open { path: PathBuf::from(&settings.path), source })?
         };
-        Ok(Recorder { settings, queue: Some(queue), queued, failed, thread: Some(thread), reported: false })
+        Ok(Recorder {
+            settings,
+            queue: Some(queue),
+            queued,
+            failed,
+            lost,
+            required: false,
+            thread: Some(thread),
+            reported: false,
+        })
+    }
+
+    /// The session's recorder, if `recording-path` asks for one. When the file cannot be opened the session
+    /// goes unrecorded (guacd's behaviour), unless `required`: then the recorder is already lost, and the
+    /// session ends at once.
+    pub fn for_session(settings: Option<RecordingSettings>, tokens: &Tokens, required: bool) -> Option<Recorder> {
+        let settings = settings?;
+        match Recorder::start(settings.clone(), tokens) {
+            Ok(mut recorder) => {
+                recorder.required = required;
+                Some(recorder)
+            }
+            Err(e) if required => {
+                error!(error = %e, "Session cannot be recorded; ending it (--recording-required)");
+                Some(Recorder {
+                    settings,
+                    queue: None,
+                    queued: Arc::new(AtomicUsize::new(0)),
+                    failed: Arc::new(AtomicBool::new(true)),
+                    lost: Arc::new(tokio::sync::watch::Sender::new(true)),
+                    required,
+                    thread: None,
+                    reported: true,
+                })
+            }
+            Err(e) => {
+                warn!(error = %e, "Session is not recorded");
+                None
+            }
+        }
+    }
+
+    /// Resolves when a required recording stopped before the session ended (disk full, a disk that does not
+    /// keep up, or a file that could not be opened); never for a recording that is not required. The
+    /// session then ends with 512.
+    pub async fn lost(recorder: Option<&Recorder>) {
+        match recorder {
+            Some(recorder) if recorder.required => {
+                let mut lost = recorder.lost.subscribe();
+                // The sender lives in `recorder`, which outlives this future: `wait_for` cannot fail.
+                if lost.wait_for(|lost| *lost).await.is_ok() {
+                    return;
+                }
+                std::future::pending().await
+            }
+            _ => std::future::pending().await,
+        }
     }
 
     /// Whether the drawing output goes into the file.
@@ -240,6 +305,7 @@ impl Recorder {
                 error!(queued, "Recording stopped: the disk does not keep up with the session");
             }
             self.queue = None;
+            self.lost.send_replace(true);
             return;
         }
         if queue.send(bytes).is_err() {
@@ -406,6 +472,28 @@ mod tests {
         drop(queue);
         write_loop(full, Path::new("/dev/full"), incoming, &queued, &failed);
         assert!(failed.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_required_recording_that_fails_is_lost_and_an_optional_one_is_not() {
+        // /dev/full (a device, opened as guacd would with recording-write-existing) fails writes with ENOSPC.
+        let mut s = settings(Path::new("/dev"));
+        s.name = "full".into();
+        s.write_existing = true;
+        for required in [false, true] {
+            let mut recorder = Recorder::for_session(Some(s.clone()), &Tokens::default(), required).unwrap();
+            recorder.output(&Bytes::from(vec![b'x'; 512 * 1024]));
+            let lost = tokio::time::timeout(Duration::from_secs(5), Recorder::lost(Some(&recorder))).await;
+            assert_eq!(lost.is_ok(), required, "required: {required}");
+            assert!(recorder.failed.load(Ordering::Relaxed), "the write failed either way");
+        }
+        // A file that cannot be opened: lost at once when required, no recorder otherwise.
+        let missing = settings(Path::new("/nonexistent-guacr-recordings"));
+        assert!(Recorder::for_session(Some(missing.clone()), &Tokens::default(), false).is_none());
+        let recorder = Recorder::for_session(Some(missing), &Tokens::default(), true).unwrap();
+        assert!(!recorder.is_active());
+        tokio::time::timeout(Duration::from_secs(1), Recorder::lost(Some(&recorder))).await.unwrap();
+        tokio::time::timeout(Duration::from_millis(50), Recorder::lost(None)).await.unwrap_err();
     }
 
     #[test]

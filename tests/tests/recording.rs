@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use guacr_tests::peers::{self, VncPeer};
+use guacr_tests::web::{self, ACCESS_KEY, LIMITED_KEY};
 use guacr_tests::{artifact_dir, compare, ClientState, GuacClient, GuacrProcess, RgbImage};
 
 /// Where Xtigervnc puts the static desktop's pointer when it starts (the centre of 1024×768); tests that
@@ -189,25 +190,34 @@ async fn a_killed_worker_leaves_a_recording_that_replays_up_to_that_point() {
     assert_eq!(replayed.count("key"), 2, "key events are recorded with recording-include-keys");
 }
 
-/// guacamole-common-js's own player: `Guacamole.SessionRecording` in headless Chromium (the page's bundled
-/// library, served by guacr's HTTP entry) loads the recording, seeks to its end, and its flattened display
-/// is the live user's last frame.
+/// guacamole-common-js's own player, on the path a user takes: guacr's page (with the bundled library) in
+/// headless Chromium fetches the recording from guacr's `/recordings/` route with an access key through a
+/// `Guacamole.StaticHTTPTunnel`, `Guacamole.SessionRecording` loads it and seeks to its end, and its
+/// flattened display is the live user's last frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guacamole_common_js_plays_the_recording_to_the_live_frame() {
     use base64::Engine as _;
     use guacr_tests::browser::Browser;
 
-    let guacr = GuacrProcess::builder().http().start().expect("starting guacr");
     let dir = TempDir::new("recording-js");
+    let (guacr, _config) = with_recordings_route(&dir.0, &[]);
     let peer = peers::static_screen();
-    let params = [("recording-path", dir.0.display().to_string()), ("create-recording-path", "true".to_string())];
+    let params = [
+        ("recording-path", format!("{}/${{GUAC_DATE}}", dir.0.display())),
+        ("create-recording-path", "true".to_string()),
+    ];
     let client = open(&guacr, &peer, &params).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let live = client.screenshot();
     client.disconnect().await.unwrap();
     client.wait_closed(Duration::from_secs(5)).await.unwrap();
-    let recording = settled(&dir.0.join("recording")).await;
+    let day = only_file(&dir.0, "20");
+    let recording = settled(&day.join("recording")).await;
+    let url = format!("/recordings/{}/recording", day.file_name().unwrap().to_string_lossy());
     let http = guacr.http_addr().expect("HTTP entry");
+    let (status, headers, body) = http_request(http, &url, &[("Authorization", format!("Bearer {ACCESS_KEY}"))]);
+    assert_eq!((status, body.len()), (200, recording.len()), "{headers}");
+    assert!(body == recording, "the route serves the file's bytes");
 
     let played = tokio::task::spawn_blocking(move || {
         let mut browser = Browser::start().expect("starting chromium");
@@ -215,38 +225,28 @@ async fn guacamole_common_js_plays_the_recording_to_the_live_frame() {
         browser
             .wait_for("the page", "document.readyState === 'complete'", Duration::from_secs(10))
             .expect("page loaded");
-        // The recording goes in as a global first, so an error below does not quote it.
-        let b64 = base64::engine::general_purpose::STANDARD.encode(&recording);
-        browser.eval(&format!("window.recordingBase64 = '{b64}'; true")).expect("handing over the recording");
-        // guacamole-client reads the file through a StaticHTTPTunnel; this tunnel does the same with the
-        // bytes already in the page (the page's CSP forbids fetching blob: URLs): the library's own parser
-        // feeds the player, then the tunnel closes, which completes loading.
-        let script = r#"(async () => {
-                const { default: Guacamole } = await import('/vendor/guacamole-common.js');
-                const binary = atob(window.recordingBase64);
-                const bytes = new Uint8Array(binary.length);
-                for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-                const tunnel = new Guacamole.Tunnel();
-                tunnel.connect = function connect() {
-                    tunnel.setState(Guacamole.Tunnel.State.OPEN);
-                    const parser = new Guacamole.Parser();
-                    parser.oninstruction = (opcode, args) => tunnel.oninstruction(opcode, args);
-                    parser.receive(new TextDecoder().decode(bytes));
-                    tunnel.setState(Guacamole.Tunnel.State.CLOSED);
-                };
+        // guacamole-client plays recordings the same way: a StaticHTTPTunnel streams the file into the
+        // library's parser; the tunnel closing at the end of the body completes loading.
+        let script = format!(
+            r#"(async () => {{
+                const {{ default: Guacamole }} = await import('/vendor/guacamole-common.js');
+                const tunnel = new Guacamole.StaticHTTPTunnel('{url}', false,
+                    {{ 'Authorization': 'Bearer {ACCESS_KEY}' }});
                 const recording = new Guacamole.SessionRecording(tunnel);
-                await new Promise((ok, fail) => {
+                await new Promise((ok, fail) => {{
                     recording.onload = ok;
                     recording.onerror = message => fail(new Error('recording error: ' + message));
+                    tunnel.onerror = status => fail(new Error('tunnel error: ' + status.code + ' ' + status.message));
                     recording.connect();
-                });
+                }});
                 await new Promise(ok => recording.seek(recording.getDuration(), ok));
                 const display = recording.getDisplay();
                 await new Promise(ok => display.flush(ok));
                 return display.flatten().toDataURL('image/png');
-            })()"#;
+            }})()"#
+        );
         let url =
-            browser.eval(script).unwrap_or_else(|e| panic!("playing the recording: {e:#}\n{}", browser.console()));
+            browser.eval(&script).unwrap_or_else(|e| panic!("playing the recording: {e:#}\n{}", browser.console()));
         let data =
             url.as_str().and_then(|u| u.strip_prefix("data:image/png;base64,")).expect("a PNG data URL").to_string();
         let png = base64::engine::general_purpose::STANDARD.decode(data).unwrap();
@@ -265,4 +265,213 @@ async fn guacamole_common_js_plays_the_recording_to_the_live_frame() {
             artifact_dir().display()
         );
     }
+    // Once for the check above, once for the player, both with sendfile (every request is on a fresh
+    // connection, which the listener answers itself).
+    let log = guacr.log_contents();
+    assert_eq!(log.matches("Serving recording").count(), 2, "the player read the route");
+    assert_eq!(log.matches("zero_copy=true").count(), 2, "{}", guacr.log_tail(10));
+}
+
+/// guacr with the HTTP entry and `[recordings] dir = DIR` readable by the user `tester` (not `limited`).
+fn with_recordings_route(dir: &Path, args: &[&str]) -> (GuacrProcess, TempDir) {
+    let config_dir = TempDir::new("recording-config");
+    let config = web::write_config(&config_dir.0, &[peers::static_screen()]).expect("writing the configuration");
+    std::fs::create_dir_all(dir).unwrap();
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("\n[recordings]\ndir = \"{}\"\nusers = [\"tester\"]\n", dir.display()));
+    std::fs::write(&config, text).unwrap();
+    let guacr = GuacrProcess::builder()
+        .http()
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .start()
+        .expect("starting guacr with the HTTP entry");
+    (guacr, config_dir)
+}
+
+/// One HTTP/1.1 request with extra headers: (status, response head, body).
+fn http_request(addr: std::net::SocketAddr, path: &str, headers: &[(&str, String)]) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connecting to the HTTP entry");
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n").unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("reading the response");
+    let split = response.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, head, response[split + 4..].to_vec())
+}
+
+/// The recordings route serves regular files beneath its directory to allowed users only: no key, a
+/// user not listed, `..` (plain or %-encoded), a symbolic link out of the directory, a FIFO and a
+/// directory are all refused; a range is served as 206; without `[recordings]` there is no route.
+#[test]
+fn the_recordings_route_serves_only_regular_files_beneath_its_directory_to_allowed_users() {
+    let dir = TempDir::new("recordings-route");
+    let (guacr, config_dir) = with_recordings_route(&dir.0, &[]);
+    let http = guacr.http_addr().expect("HTTP entry");
+    let content: Vec<u8> =
+        (0..200_000u32).flat_map(|i| format!("4.sync,{}.{i};", i.to_string().len()).into_bytes()).collect();
+    std::fs::create_dir_all(dir.0.join("20261127")).unwrap();
+    std::fs::write(dir.0.join("20261127/session.1"), &content).unwrap();
+    std::fs::write(config_dir.0.join("secret"), b"outside").unwrap();
+    std::os::unix::fs::symlink(config_dir.0.join("secret"), dir.0.join("link")).unwrap();
+    std::os::unix::fs::symlink(&config_dir.0, dir.0.join("linked-dir")).unwrap();
+    nix::unistd::mkfifo(&dir.0.join("fifo"), nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR).unwrap();
+    let key = |k: &str| vec![("Authorization", format!("Bearer {k}"))];
+
+    let (status, head, body) = http_request(http, "/recordings/20261127/session.1", &key(ACCESS_KEY));
+    assert_eq!(status, 200, "{head}");
+    assert!(body == content, "whole file ({} of {} bytes)", body.len(), content.len());
+    assert!(head.to_ascii_lowercase().contains(&format!("content-length: {}", content.len())), "{head}");
+    assert!(head.to_ascii_lowercase().contains("accept-ranges: bytes"), "{head}");
+    // That went out with sendfile; a request head too long for the listener to look at (over 8 KiB) is
+    // served by the axum route through hyper instead, with the same bytes.
+    let mut padded = key(ACCESS_KEY);
+    padded.push(("X-Padding", "p".repeat(9000)));
+    let (status, head, body) = http_request(http, "/recordings/20261127/session.1", &padded);
+    assert_eq!(status, 200, "{head}");
+    assert!(body == content, "whole file through hyper ({} of {} bytes)", body.len(), content.len());
+    let log = guacr.log_contents();
+    assert!(log.contains("zero_copy=true") && log.contains("zero_copy=false"), "{}", guacr.log_tail(10));
+
+    for padding in [0, 9000] {
+        let mut range = key(ACCESS_KEY);
+        range.push(("Range", "bytes=100-199".into()));
+        range.push(("X-Padding", "p".repeat(padding)));
+        let (status, head, body) = http_request(http, "/recordings/20261127/session.1", &range);
+        assert_eq!((status, body.as_slice()), (206, &content[100..200]), "{head}");
+        assert!(head.to_ascii_lowercase().contains(&format!("bytes 100-199/{}", content.len())), "{head}");
+    }
+    let mut beyond = key(ACCESS_KEY);
+    beyond.push(("Range", format!("bytes={}-", content.len())));
+    assert_eq!(http_request(http, "/recordings/20261127/session.1", &beyond).0, 416);
+
+    assert_eq!(http_request(http, "/recordings/20261127/session.1", &[]).0, 401, "no key");
+    assert_eq!(http_request(http, "/recordings/20261127/session.1", &key("wrong-key-0123456789")).0, 401);
+    assert_eq!(http_request(http, "/recordings/20261127/session.1", &key(LIMITED_KEY)).0, 403, "not listed");
+    for refused in [
+        "/recordings/../guacr.toml",
+        "/recordings/%2e%2e/guacr.toml",
+        "/recordings/20261127/..%2f..%2fguacr.toml",
+        "/recordings/link",
+        "/recordings/linked-dir/secret",
+        "/recordings/fifo",
+        "/recordings/20261127",
+        "/recordings/absent",
+    ] {
+        let (status, head, body) = http_request(http, refused, &key(ACCESS_KEY));
+        assert!(status == 404 || status == 400, "{refused}: {head}");
+        assert!(
+            !String::from_utf8_lossy(&body).contains("outside") && !String::from_utf8_lossy(&body).contains("tokens")
+        );
+    }
+
+    // Without [recordings] the route does not exist, whatever the key.
+    let plain = GuacrProcess::builder().http().start().expect("starting guacr without [recordings]");
+    let (status, _, _) = http_request(plain.http_addr().unwrap(), "/recordings/20261127/session.1", &key(ACCESS_KEY));
+    assert_eq!(status, 404);
+}
+
+/// A 64 KiB tmpfs mounted for one test: recordings fill it and get a real `ENOSPC`, without filling the
+/// machine's disk. Mounting needs root, which the integration tests have (CI runs them as root); anything
+/// else fails the test.
+struct TinyDisk(TempDir);
+
+impl TinyDisk {
+    fn mount(name: &str) -> TinyDisk {
+        let dir = TempDir::new(name);
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0755", "guacr-test-tinydisk"])
+            .arg(&dir.0)
+            .status()
+            .expect("running mount(8)");
+        assert!(
+            status.success(),
+            "mounting a 64 KiB tmpfs on {} failed ({status}): these tests run as root",
+            dir.0.display()
+        );
+        TinyDisk(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0 .0
+    }
+}
+
+impl Drop for TinyDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.path()).status();
+    }
+}
+
+async fn wait_for_log(guacr: &GuacrProcess, line: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while !guacr.log_contents().contains(line) {
+        assert!(Instant::now() < deadline, "guacr never logged {line:?}:\n{}", guacr.log_tail(30));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A full disk ends the recording with a log line and the session goes on (guacd's behaviour); with
+/// `--recording-required` the same full disk ends the session with 512, and so does a recording that
+/// cannot be opened at all, while a required recording that works leaves its session alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_stops_the_recording_and_a_required_recording_ends_the_session() {
+    const STOPPED: &str = "Recording stopped: cannot write the file";
+    let disk = TinyDisk::mount("recording-full");
+    let peer = peers::changing();
+    let tiny = disk.path().display().to_string();
+
+    let guacr = GuacrProcess::start().expect("starting guacr");
+    let client = open(&guacr, &peer, &[("recording-path", tiny.clone()), ("recording-name", "optional".into())]).await;
+    wait_for_log(&guacr, STOPPED, Duration::from_secs(20)).await;
+    let frames = client.frames();
+    client.wait_frames(frames + 3, Duration::from_secs(15)).await.expect("the session goes on without its recording");
+    assert!(client.last_error().is_none(), "{:?}", client.last_error());
+    let written = std::fs::metadata(disk.path().join("optional")).unwrap().len();
+    assert!(written > 0 && written <= 64 * 1024, "{written} bytes on a 64 KiB disk");
+    client.disconnect().await.unwrap();
+    client.wait_closed(Duration::from_secs(5)).await.unwrap();
+    std::fs::remove_file(disk.path().join("optional")).unwrap();
+
+    let strict = GuacrProcess::builder().arg("--recording-required").start().expect("starting guacr");
+    // A working required recording: the session runs.
+    let normal = TempDir::new("recording-required");
+    let params = [("recording-path", normal.0.display().to_string()), ("create-recording-path", "true".into())];
+    let fine = open(&strict, &peers::static_screen(), &params).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(fine.last_error().is_none() && !fine.is_closed(), "{:?}", fine.last_error());
+    fine.disconnect().await.unwrap();
+
+    // The disk fills: the session ends with 512 (guacd's SERVER_ERROR: guacr's own resource failed).
+    let mut client = GuacClient::connect(strict.addr()).await.expect("connecting to guacr");
+    let mut params = peer.vnc_params();
+    params.extend([("recording-path".to_string(), tiny.clone()), ("recording-name".to_string(), "required".into())]);
+    client.handshake("vnc", &params, WIDTH, HEIGHT).await.expect("handshake");
+    client
+        .wait_until_named("error after the disk filled", Duration::from_secs(20), |s| s.last_error().is_some())
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", strict.log_tail(30)));
+    assert_eq!(client.last_error().unwrap().status, 512, "{:?}", client.last_error());
+    client.wait_closed(Duration::from_secs(5)).await.unwrap();
+    assert!(strict.log_contents().contains(STOPPED), "{}", strict.log_tail(30));
+    let written = std::fs::metadata(disk.path().join("required")).unwrap().len();
+    assert!(written <= 64 * 1024, "{written}");
+
+    // A recording that cannot be opened (no such directory, create-recording-path unset): 512 at once.
+    let mut client = GuacClient::connect(strict.addr()).await.expect("connecting to guacr");
+    let mut params = peers::static_screen().vnc_params();
+    params.push(("recording-path".to_string(), disk.path().join("absent").display().to_string()));
+    client.handshake("vnc", &params, WIDTH, HEIGHT).await.expect("handshake");
+    client
+        .wait_until_named("error for an unrecordable session", Duration::from_secs(10), |s| s.last_error().is_some())
+        .await
+        .unwrap();
+    assert_eq!(client.last_error().unwrap().status, 512);
+    assert!(strict.log_contents().contains("Session cannot be recorded"), "{}", strict.log_tail(30));
 }

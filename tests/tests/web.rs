@@ -687,3 +687,78 @@ fn connection_list_health_and_metrics() {
     assert_eq!(status, 200);
     assert!(licence.contains("Apache License"), "the licence ships with the library");
 }
+
+/// A signed token whose `join` names a live connection ID joins that session through the tunnel (the
+/// same `session::join` as the TCP entry's `select $<id>`): `ready` names the joined connection, the
+/// joiner gets the owner's screen at once, and the owner (on the TCP entry) is told who joined and left.
+/// A join token for an ID that is not live gets 516, as on the TCP entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_joins_a_live_session_through_the_tunnel() {
+    use guacr_tests::{ClientState, GuacClient};
+
+    let setup = setup();
+    let peer = peers::static_screen();
+    let mut owner = GuacClient::connect(setup.guacr.addr()).await.expect("connecting to guacr");
+    let id = owner.handshake("vnc", &peer.vnc_params(), 1024, 768).await.expect("owner handshake");
+    owner
+        .wait_until_named("owner's first frame", Duration::from_secs(15), |s| {
+            s.frames >= 1 && s.display.size() == (1024, 768)
+        })
+        .await
+        .expect("owner's first frame");
+    let join_token = |target: &str| {
+        let payload = json!({"protocol": "vnc", "parameters": {}, "expiry": unix_now() + 300,
+                             "read_only": true, "join": target});
+        format!("token={}&width=1024&height=768", web::query_escape(&sign_token(TOKEN_KEY, &payload)))
+    };
+
+    let http = setup.http;
+    let query = join_token(&id);
+    let expected = id.clone();
+    let received = tokio::task::spawn_blocking(move || {
+        let mut tunnel = Tunnel::open(http, &query).expect("WebSocket upgrade");
+        let mut transcript = web::TunnelTranscript::default();
+        let mut text = String::new();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        // Up to the end of the first frame: the state dump.
+        while !text.contains("4.sync,") {
+            assert!(Instant::now() < deadline, "no dump through the tunnel: {transcript:?}");
+            let frame = tunnel.next_frame(Duration::from_secs(10), &mut transcript).unwrap();
+            text.push_str(&frame.unwrap_or_else(|| panic!("the tunnel closed: {transcript:?}")));
+        }
+        assert!(
+            text.contains(&format!("5.ready,{}.{expected};", expected.len())),
+            "{}",
+            text.chars().take(200).collect::<String>()
+        );
+        // The joiner leaves.
+        tunnel.send("10.disconnect;").unwrap();
+        let _ = tunnel.read_to_close(Duration::from_secs(10));
+        text
+    })
+    .await
+    .unwrap();
+    let joined = ClientState::replay(received.as_bytes());
+    assert_eq!(joined.image_errors, Vec::<String>::new());
+    let diff = compare(&joined.screenshot(), &owner.screenshot(), 8);
+    if diff.fraction > 0.0005 {
+        joined.screenshot().save_png(artifact_dir().join("web-join-joiner.png")).unwrap();
+        owner.screenshot().save_png(artifact_dir().join("web-join-owner.png")).unwrap();
+        panic!("the joiner's dump differs from the owner's screen: {diff}; images in {}", artifact_dir().display());
+    }
+    owner
+        .wait_until_named("msg joined and left", Duration::from_secs(10), |s| s.count("msg") >= 2)
+        .await
+        .expect("the owner is told");
+    assert!(owner.last_error().is_none() && !owner.is_closed(), "the joiner's leaving does not end the session");
+
+    // Not live (any more, or never): 516, nothing spawned.
+    let query = join_token("$00000000-0000-0000-0000-000000000000");
+    let refused = tokio::task::spawn_blocking(move || {
+        Tunnel::open(http, &query).expect("WebSocket upgrade").read_to_close(Duration::from_secs(10)).unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(refused.close_status(), Some(516), "{:?}", refused.close);
+    owner.disconnect().await.unwrap();
+}

@@ -1,13 +1,16 @@
 //! The HTTP entry: the built-in web client, the WebSocket tunnel that guacamole-common-js speaks
-//! (`/websocket-tunnel`), the list of named connections for a user (`/api/connections`), Prometheus
-//! metrics (`/metrics`) and a health check (`/healthz`). It runs on the supervisor's tokio runtime beside
-//! the guacd-compatible TCP entry and shares its sessions, workers and metrics.
+//! (`/websocket-tunnel`), the list of named connections for a user (`/api/connections`), session recordings
+//! (`/recordings/<path>`, with `[recordings]`), Prometheus metrics (`/metrics`) and a health check
+//! (`/healthz`). It runs on the supervisor's tokio runtime beside the guacd-compatible TCP entry and shares
+//! its sessions, workers and metrics.
 //!
 //! Who may open what: a signed token ([`token`]) names its protocol and parameters itself; a named
 //! connection from the configuration file needs the access key of a user allowed to open it
 //! ([`settings`]). Either way the target comes from guacr's side, never from the request.
 
 pub mod assets;
+mod listener;
+mod recordings;
 pub mod settings;
 pub mod token;
 mod tunnel;
@@ -86,6 +89,7 @@ pub fn start(prepared: Prepared, shared: Arc<Shared>, limits: Arc<ConnectionLimi
         users = settings.users.len(),
         connections = settings.connections.len(),
         tokens = settings.token_key.is_some(),
+        recordings = ?settings.recordings.as_ref().map(|r| r.dir.display().to_string()),
         "Web client and WebSocket tunnel listening"
     );
     if !assets::GUACAMOLE_COMMON_JS_BUNDLED {
@@ -94,7 +98,11 @@ pub fn start(prepared: Prepared, shared: Arc<Shared>, limits: Arc<ConnectionLimi
     for protocol in crate::protocols::Protocol::ALL {
         shared.metrics.declare_protocol(protocol.name());
     }
-    let app = router(Arc::new(WebState { shared, settings, limits }));
+    let state = Arc::new(WebState { shared, settings, limits });
+    let app = router(state.clone());
+    // Recording requests are answered by the listener itself (sendfile); `tap_io` only gives axum's
+    // ConnectInfo the peer address of our listener's connections.
+    let listener = axum::serve::ListenerExt::tap_io(listener::EntryListener::start(listener, state)?, |_| {});
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await {
             error!(error = %e, "HTTP entry failed");
@@ -114,9 +122,20 @@ fn router(state: Arc<WebState>) -> Router {
         .route("/api/connections", get(list_connections))
         .route("/websocket-tunnel", any(tunnel::endpoint))
         .route("/metrics", get(metrics))
+        .route("/recordings/{*path}", get(recordings::serve))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .layer(axum::middleware::map_response(close_after_response))
         .with_state(state)
+}
+
+/// Every response but a WebSocket upgrade closes its connection, so each request reaches the listener
+/// on a fresh one (where recordings are sent with sendfile, `listener.rs`).
+async fn close_after_response(mut response: Response) -> Response {
+    if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 #[derive(Serialize)]
@@ -190,6 +209,10 @@ pub struct TokenArgs {
     /// The user may watch but not control.
     #[arg(long)]
     read_only: bool,
+    /// Join the live session with this connection ID (`$<uuid>`, from its owner's `ready`) instead of
+    /// starting one; only --read-only matters then.
+    #[arg(long, value_name = "CONNECTION_ID")]
+    join: Option<String>,
 }
 
 pub fn print_token(config: &Config, args: &TokenArgs) -> std::process::ExitCode {
@@ -230,7 +253,7 @@ fn make_token(config: &Config, args: &TokenArgs) -> anyhow::Result<String> {
         parameters,
         expiry: now.saturating_add(args.ttl),
         read_only: args.read_only,
-        join: None,
+        join: args.join.clone(),
     };
     Ok(token::sign(&payload, &key))
 }

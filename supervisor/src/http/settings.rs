@@ -19,6 +19,10 @@
 //! description = "The build machine"
 //! read_only = false
 //! parameters = { hostname = "10.0.0.5", port = 5900, password = "…" }
+//!
+//! [recordings]                   # GET /recordings/<path> (off without this section)
+//! dir = "/var/lib/guacr/recordings"
+//! users = ["alice"]              # who may fetch them with their access key, or ["*"]
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +68,30 @@ struct FileConfig {
     users: Vec<UserEntry>,
     #[serde(default)]
     connections: Vec<ConnectionEntry>,
+    recordings: Option<RecordingsSection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecordingsSection {
+    dir: PathBuf,
+    #[serde(default)]
+    users: Vec<String>,
+}
+
+/// `[recordings]`: where `GET /recordings/<path>` reads, and who may.
+#[derive(Debug, Clone)]
+pub struct RecordingsAccess {
+    /// Absolute, an existing directory at start-up.
+    pub dir: PathBuf,
+    /// User names, or `None` for every user with an access key.
+    allowed: Option<BTreeSet<String>>,
+}
+
+impl RecordingsAccess {
+    pub fn may_fetch(&self, user: &str) -> bool {
+        self.allowed.as_ref().is_none_or(|names| names.contains(user))
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +206,8 @@ pub struct WebSettings {
     pub token_key: Option<TokenKey>,
     pub users: Vec<User>,
     pub connections: BTreeMap<String, NamedConnection>,
+    /// `None`: recordings are not served.
+    pub recordings: Option<RecordingsAccess>,
 }
 
 /// What overrides the file: command-line flags and environment variables.
@@ -277,7 +307,12 @@ impl WebSettings {
             users.push(User { name: entry.name, key_digest: digest, allowed });
         }
 
-        Ok(WebSettings { bind, bind_explicit, token_key, users, connections })
+        let recordings = match file.recordings {
+            Some(section) => Some(check_recordings(section, base, &users)?),
+            None => None,
+        };
+
+        Ok(WebSettings { bind, bind_explicit, token_key, users, connections, recordings })
     }
 
     /// The user whose access key this is. Every user's key is compared, in constant time.
@@ -312,6 +347,34 @@ fn parse_bind(text: &str) -> Result<Option<SocketAddr>, SettingsError> {
         .and_then(|mut addrs| addrs.next())
         .map(Some)
         .ok_or_else(|| invalid(format!("HTTP bind address {text:?} is not HOST:PORT (or \"off\")")))
+}
+
+fn check_recordings(
+    section: RecordingsSection,
+    base: Option<&Path>,
+    users: &[User],
+) -> Result<RecordingsAccess, SettingsError> {
+    let dir = base.map_or_else(|| section.dir.clone(), |b| b.join(&section.dir));
+    if !dir.is_absolute() {
+        return Err(invalid(format!("[recordings] dir {:?} must be an absolute path", dir.display())));
+    }
+    if !dir.is_dir() {
+        return Err(invalid(format!("[recordings] dir {} is not a directory", dir.display())));
+    }
+    if section.users.is_empty() {
+        return Err(invalid("[recordings] users is empty: name who may fetch recordings, or [\"*\"]"));
+    }
+    let allowed = if section.users.iter().any(|u| u == "*") {
+        None
+    } else {
+        for name in &section.users {
+            if !users.iter().any(|u| &u.name == name) {
+                return Err(invalid(format!("[recordings] users names {name:?}, which is not a user")));
+            }
+        }
+        Some(section.users.into_iter().collect())
+    };
+    Ok(RecordingsAccess { dir, allowed })
 }
 
 fn check_connection(entry: ConnectionEntry) -> Result<NamedConnection, SettingsError> {
@@ -389,6 +452,14 @@ mod tests {
         assert!(s.user_for_key("alice-key-012345678").is_none());
         assert!(s.user_for_key("").is_none());
         assert!(!format!("{s:?}").contains("guacpass"));
+        assert!(s.recordings.is_none());
+        let with = WebSettings::from_toml(
+            &format!("{SAMPLE}\n[recordings]\ndir = \"/tmp\"\nusers = [\"admin\"]\n"),
+            &Overrides::default(),
+        )
+        .unwrap();
+        let recordings = with.recordings.unwrap();
+        assert!(recordings.may_fetch("admin") && !recordings.may_fetch("alice"));
     }
 
     #[test]
@@ -433,6 +504,10 @@ mod tests {
                 "not a connection",
             ),
             ("[http]\nbind = \"nonsense\"", "HOST:PORT"),
+            ("[recordings]\ndir = \"relative\"\nusers = [\"*\"]", "absolute"),
+            ("[recordings]\ndir = \"/nonexistent-guacr-dir\"\nusers = [\"*\"]", "not a directory"),
+            ("[recordings]\ndir = \"/tmp\"", "users is empty"),
+            ("[recordings]\ndir = \"/tmp\"\nusers = [\"nobody\"]", "not a user"),
         ];
         for (text, expected) in cases {
             let e = WebSettings::from_toml(text, &Overrides::default()).unwrap_err().to_string();

@@ -13,7 +13,10 @@
 //!
 //! The browser never sends `select` or `connect`: this endpoint decides the target from a signed token
 //! or a named connection, authorises it before anything is spawned, builds the `ConnectRequest` itself
-//! and then runs the same session code as the TCP entry (`spawn_worker` + `run_connected`).
+//! and then runs the same session code as the TCP entry (`spawn_worker` + `run_connected`). A token whose
+//! `join` names a live connection ID (`$<uuid>`, as the owner got in `ready`) joins that session instead,
+//! through the same `session::join` as the TCP entry's `select $<id>`, read-only if the token says so;
+//! knowing the ID is what the TCP entry asks, and the signed token is what this entry asks for anything.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -73,6 +76,8 @@ impl Refusal {
 pub struct Admission {
     pub protocol: Protocol,
     pub request: ConnectRequest,
+    /// A live connection ID to join instead of starting a session.
+    pub join: Option<String>,
     /// For the log: `token` or `connection NAME (user U)`.
     pub origin: String,
 }
@@ -157,6 +162,7 @@ fn number(name: &str, value: &str) -> Result<u32, Refusal> {
 /// Decides what a tunnel request may open. Nothing is spawned here.
 pub fn admit(settings: &WebSettings, query: &str, now: u64, max_size: (u32, u32)) -> Result<Admission, Refusal> {
     let data = ConnectData::parse(query)?;
+    let mut join_target = None;
     let (protocol, parameters, read_only, origin, name) = match (&data.token, &data.connection) {
         (Some(_), Some(_)) => {
             return Err(Refusal::new(Status::ClientBadRequest, "both a token and a connection name given"));
@@ -169,16 +175,24 @@ pub fn admit(settings: &WebSettings, query: &str, now: u64, max_size: (u32, u32)
             let TokenPayload { protocol, parameters, read_only, join, .. } =
                 token::verify(token, settings.token_key.as_ref(), now)
                     .map_err(|e| Refusal::new(Status::ClientUnauthorized, e.to_string()))?;
-            if join.is_some() {
-                // Joining a running connection is not implemented yet; the TCP entry answers the same.
-                return Err(Refusal::new(
-                    Status::ResourceNotFound,
-                    "token asks to join a connection; no such connection",
-                ));
-            }
             let protocol = Protocol::from_name(&protocol)
                 .ok_or_else(|| Refusal::new(Status::Unsupported, format!("token names protocol {protocol:?}")))?;
-            (protocol, parameters, read_only, "token".to_string(), None)
+            match join {
+                Some(target) => {
+                    let valid = target.len() <= 64
+                        && target.strip_prefix('$').is_some_and(|id| {
+                            !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                        });
+                    if !valid {
+                        return Err(Refusal::new(Status::ClientBadRequest, "token's join is not a connection ID"));
+                    }
+                    let origin = format!("token joining {target}");
+                    join_target = Some(target);
+                    // A joiner's parameters other than read-only mean nothing (guacd's semantics).
+                    (protocol, BTreeMap::new(), read_only, origin, None)
+                }
+                None => (protocol, parameters, read_only, "token".to_string(), None),
+            }
         }
         (None, Some(name)) => {
             let key = data.key.as_deref().unwrap_or_default();
@@ -193,7 +207,7 @@ pub fn admit(settings: &WebSettings, query: &str, now: u64, max_size: (u32, u32)
         }
     };
     let request = connect_request(protocol, parameters, read_only, &data, name, max_size);
-    Ok(Admission { protocol, request, origin })
+    Ok(Admission { protocol, request, origin, join: join_target })
 }
 
 /// The request a guacd client would have sent with `select` and `connect`: values in `args` order.
@@ -293,7 +307,7 @@ fn close_frame(status: Status) -> CloseFrame {
 
 async fn run_tunnel(socket: WebSocket, admission: Admission, peer: SocketAddr, state: Arc<WebState>) {
     let connection_id = format!("${}", uuid::Uuid::new_v4());
-    let Admission { protocol, request, origin } = admission;
+    let Admission { protocol, request, origin, join } = admission;
     let span = tracing::info_span!(
         "conn",
         id = %connection_id,
@@ -318,6 +332,17 @@ async fn run_tunnel(socket: WebSocket, admission: Admission, peer: SocketAddr, s
             let mut out = BytesMut::new();
             encode(&mut out, "").str(&uuid::Uuid::new_v4().to_string()).finish();
             writer.send(&out).await?;
+            if let Some(target) = &join {
+                return match shared.sharing.find(target) {
+                    Some((live, joins)) if live == protocol => {
+                        session::join(&mut reader, &mut writer, target, joins, request, shared).await
+                    }
+                    found => {
+                        info!(%target, live = ?found.map(|(p, _)| p.name()), "Token asks to join no such connection");
+                        Err(SessionEnd::error(Status::ResourceNotFound, "No such connection."))
+                    }
+                };
+            }
             let worker = session::spawn_worker(protocol, &connection_id, shared)?;
             session::run_connected(&mut reader, &mut writer, protocol, worker, Ok(request), &connection_id, shared)
                 .await
@@ -482,6 +507,30 @@ mod tests {
 
     fn refused(query: &str) -> Status {
         admit(&settings(), query, 1000, (3840, 2160)).unwrap_err().status
+    }
+
+    #[test]
+    fn a_join_token_admits_a_join_with_its_read_only_flag_only() {
+        let key = TokenKey::new(KEY.as_bytes()).unwrap();
+        let join = |target: &str, read_only: bool| {
+            let payload = TokenPayload {
+                protocol: "vnc".into(),
+                parameters: [("hostname".to_string(), "10.9.9.9".to_string())].into_iter().collect(),
+                expiry: 2000,
+                read_only,
+                join: Some(target.into()),
+            };
+            format!("token={}", sign(&payload, &key))
+        };
+        let admitted = admit(&settings(), &join("$0b0c-1d", true), 1000, (3840, 2160)).unwrap();
+        assert_eq!(admitted.join.as_deref(), Some("$0b0c-1d"));
+        assert_eq!(admitted.request.param("read-only"), Some("true"));
+        assert_eq!(admitted.request.param("hostname"), Some(""), "a joiner carries no connection parameters");
+        let writable = admit(&settings(), &join("$0b0c-1d", false), 1000, (3840, 2160)).unwrap();
+        assert_eq!(writable.request.param("read-only"), Some(""));
+        for bad in ["0b0c", "$", "$../x", "$a b"] {
+            assert_eq!(refused(&join(bad, true)), Status::ClientBadRequest, "{bad:?}");
+        }
     }
 
     #[test]
