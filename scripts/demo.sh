@@ -11,7 +11,8 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$REPO"
 log() { echo "demo.sh: $*" >&2; }
 
-scripts/peers.sh install nasm
+# libturbojpeg0-dev and pkg-config: guacr's JPEG encoder links Debian's libjpeg-turbo.
+scripts/peers.sh install nasm libturbojpeg0-dev pkg-config
 # The unprivileged user guacr's workers run as when guacr runs as root.
 scripts/setup.sh
 scripts/web-deps.sh

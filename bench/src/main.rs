@@ -11,6 +11,7 @@
 //! Workloads live in their own modules (`vnc.rs`, ...) behind [`workload::Workload`]; add one to
 //! [`registry`] to make it selectable with `--workloads`.
 
+mod counting;
 mod measure;
 mod rbi;
 mod rdp;
@@ -53,7 +54,7 @@ struct Args {
     /// Repetitions of each measurement; the table shows medians.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Workloads, comma-separated (by name or letter): scroll (a), fullscreen (b), idle (c).
+    /// Workloads, comma-separated (by name or letter): scroll (a), fullscreen (b), idle (c), still.
     #[arg(long, default_value = "scroll,fullscreen,idle", value_delimiter = ',')]
     workloads: Vec<String>,
     /// guacr display modes to compare (`--display-mode`), comma-separated; ratios are against the last.
@@ -71,6 +72,10 @@ struct Args {
     /// guacr's -L level (its log goes to <target>/test-logs).
     #[arg(long, default_value = "info")]
     log_level: String,
+    /// Give every session a full decoding client, as before the counting client existed (by default,
+    /// VNC workloads use one only for the probe session and counting clients for the others).
+    #[arg(long)]
+    decode_all: bool,
 }
 
 async fn open_sessions(w: &dyn Workload, guacr: &GuacrProcess, n: usize) -> Result<Vec<(GuacClient, f64)>> {
@@ -81,6 +86,28 @@ async fn open_sessions(w: &dyn Workload, guacr: &GuacrProcess, n: usize) -> Resu
         out.push(r?);
     }
     Ok(out)
+}
+
+type Opened = (Vec<(GuacClient, f64)>, Vec<(counting::CountingClient, f64)>);
+
+/// Opens `full` sessions with the workload's own client and `counted` with counting clients, all at once.
+async fn open_all(
+    w: &dyn Workload,
+    guacr: &GuacrProcess,
+    full: usize,
+    counted: usize,
+    counting: Option<&(&'static str, Vec<(String, String)>)>,
+) -> Result<Opened> {
+    let addr = guacr.addr();
+    let counters = async {
+        let Some((protocol, params)) = counting else { return Ok(Vec::new()) };
+        let opens = (0..counted).map(|_| -> workload::BoxFut<'_, Result<(counting::CountingClient, f64)>> {
+            Box::pin(counting::CountingClient::open(addr, protocol, params, vnc::SCREEN, Duration::from_secs(30)))
+        });
+        futures_join(opens).await.into_iter().collect::<Result<Vec<_>>>()
+    };
+    let (full, counters) = tokio::join!(open_sessions(w, guacr, full), counters);
+    Ok((full?, counters?))
 }
 
 /// Runs the futures concurrently on the current task and returns their results in order.
@@ -114,16 +141,19 @@ async fn run_once(args: &Args, mode: &str, w: &dyn Workload, n: usize, rep: usiz
     w.require_up()?;
     // The HTTP entry (on a free port) serves /metrics: the handoff histograms come from there.
     let guacr = GuacrProcess::builder().log_level(&args.log_level).args(["--display-mode", mode]).http().start()?;
-    let sessions = open_sessions(w, &guacr, n)
+    let counting = if args.decode_all { None } else { w.counting() };
+    let full = if counting.is_some() { 1 } else { n };
+    let (sessions, counted) = open_all(w, &guacr, full, n - full, counting.as_ref())
         .await
         .with_context(|| format!("opening {n} sessions; guacr log {}", guacr.log_path().display()))?;
-    let first_frame_ms: Vec<f64> = sessions.iter().map(|(_, t)| *t).collect();
+    let first_frame_ms: Vec<f64> = sessions.iter().map(|(_, t)| *t).chain(counted.iter().map(|(_, t)| *t)).collect();
     let clients: Vec<GuacClient> = sessions.into_iter().map(|(c, _)| c).collect();
+    let counters: Vec<counting::CountingClient> = counted.into_iter().map(|(c, _)| c).collect();
     let workers = guacr.worker_pids();
     if workers.len() != n {
         bail!("expected {n} workers, found {}: {workers:?}", workers.len());
     }
-    let ctx = Ctx { guacr: &guacr, clients: &clients, rep, probes: args.probes };
+    let ctx = Ctx { guacr: &guacr, clients: &clients, counters: &counters, rep, probes: args.probes };
     let measured = match w.start(&ctx).await {
         Ok(()) => measure(args, w, &ctx, tick, &workers).await,
         Err(e) => Err(e),
@@ -137,6 +167,7 @@ async fn run_once(args: &Args, mode: &str, w: &dyn Workload, n: usize, rep: usiz
         let _ = c.disconnect().await;
     }
     drop(clients);
+    drop(counters);
     drop(guacr);
     Ok(Sample {
         first_frame_ms,
@@ -153,6 +184,7 @@ async fn measure(args: &Args, w: &dyn Workload, ctx: &Ctx<'_>, tick: f64, worker
     let clients = ctx.clients;
     let me = std::process::id();
     let start: Vec<measure::Snap> = clients.iter().map(measure::snap).collect();
+    let counted0: Vec<_> = ctx.counters.iter().map(measure::snap_counts).collect();
     let sup0 = measure::cpu_seconds(guacr.pid(), tick).context("supervisor gone")?;
     let wk0: Vec<f64> = workers.iter().map(|p| measure::cpu_seconds(*p, tick).unwrap_or(0.0)).collect();
     let me0 = measure::cpu_seconds(me, tick).unwrap_or(0.0);
@@ -164,6 +196,10 @@ async fn measure(args: &Args, w: &dyn Workload, ctx: &Ctx<'_>, tick: f64, worker
     let wk1: Vec<f64> = workers.iter().map(|p| measure::cpu_seconds(*p, tick).unwrap_or(0.0)).collect();
     let me1 = measure::cpu_seconds(me, tick).unwrap_or(0.0);
     let end: Vec<measure::Snap> = clients.iter().map(measure::snap).collect();
+    let counted1: Vec<_> = ctx.counters.iter().map(measure::snap_counts).collect();
+    if let Some(why) = ctx.counters.iter().find_map(|c| c.counts().closed) {
+        bail!("a counting session ended during the window: {why}");
+    }
     let supervisor_pss_kib = measure::pss_kib(guacr.pid());
     let worker_pss_kib: Vec<u64> = workers.iter().filter_map(|p| measure::pss_kib(*p)).collect();
     let loadavg = measure::loadavg();
@@ -172,6 +208,12 @@ async fn measure(args: &Args, w: &dyn Workload, ctx: &Ctx<'_>, tick: f64, worker
     for (c, s) in clients.iter().zip(&start) {
         measure::formats(c, s.log_len, &mut fmts);
     }
+    for ((_, a), (_, b)) in counted0.iter().zip(&counted1) {
+        measure::formats_between(a, b, &mut fmts);
+    }
+    // Counting sessions after the full ones, in the same order at both ends.
+    let start: Vec<measure::Snap> = start.into_iter().chain(counted0.into_iter().map(|(s, _)| s)).collect();
+    let end: Vec<measure::Snap> = end.into_iter().chain(counted1.into_iter().map(|(s, _)| s)).collect();
     let session_fps: Vec<f64> = start.iter().zip(&end).map(|(a, b)| (b.frames - a.frames) as f64 / elapsed).collect();
     let frames_total = start.iter().zip(&end).map(|(a, b)| b.frames - a.frames).sum();
     let bytes_total = start.iter().zip(&end).map(|(a, b)| b.bytes - a.bytes).sum();
@@ -300,6 +342,8 @@ fn main() -> Result<()> {
     }
     let loadavg_end = measure::loadavg();
     print!("{}", measure::table(&summaries));
+    println!();
+    print!("{}", measure::cpu_table(&summaries));
     if let [first, .., base] = args.modes.as_slice() {
         println!();
         print!("{}", measure::ratio_table(&summaries, first, base));

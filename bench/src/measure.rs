@@ -46,6 +46,24 @@ pub fn snap(c: &GuacClient) -> Snap {
     Snap { frames: s.frames, bytes: s.bytes_received, log_len: s.log.len() }
 }
 
+/// A counting client's totals so far (it keeps no log: formats are its own counters).
+pub fn snap_counts(c: &crate::counting::CountingClient) -> (Snap, crate::counting::Counts) {
+    let counts = c.counts();
+    (Snap { frames: counts.frames, bytes: counts.bytes, log_len: 0 }, counts)
+}
+
+/// Adds a counting client's formats between two snapshots.
+pub fn formats_between(a: &crate::counting::Counts, b: &crate::counting::Counts, into: &mut Formats) {
+    for (mime, (n, bytes)) in &b.images {
+        let (n0, bytes0) = a.images.get(mime).copied().unwrap_or((0, 0));
+        let e = into.images.entry(mime.clone()).or_default();
+        e.0 += n - n0;
+        e.1 += bytes - bytes0;
+    }
+    into.copy += b.copy - a.copy;
+    into.cfill += b.cfill - a.cfill;
+}
+
 /// Image streams and their blob bytes (decoded size) by mimetype, plus drawing instruction counts,
 /// from the client's log between two snapshots.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -327,6 +345,27 @@ pub fn table(sums: &[Summary]) -> String {
             s.publish_to_encode_ms_p50,
             s.publish_to_encode_ms_p99,
             s.loadavg,
+        ));
+    }
+    t
+}
+
+/// CPU per session: (supervisor + workers) / sessions, in % of one core with two decimals (the idle
+/// target is 0.5 %; `/proc` counts 10-ms ticks, so use windows of 20 s or more for figures that small).
+pub fn cpu_table(sums: &[Summary]) -> String {
+    let mut t = String::from(
+        "| mode | workload | sessions | CPU per session, % of one core (supervisor + workers) / n | supervisor % | workers % |\n",
+    );
+    t.push_str("|---|---|---:|---:|---:|---:|\n");
+    for s in sums {
+        t.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} |\n",
+            s.mode,
+            s.workload,
+            s.sessions,
+            (s.supervisor_cpu_pct + s.workers_cpu_pct) / s.sessions as f64,
+            s.supervisor_cpu_pct,
+            s.workers_cpu_pct,
         ));
     }
     t

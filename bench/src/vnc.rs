@@ -1,7 +1,9 @@
 //! VNC workloads against the real peers of `scripts/peers.sh`: (a) scrolling text in the typing xterm,
 //! (b) the changing peer's whole root recoloured as fast as frames arrive, (c) the changing peer as it is
-//! (a clock and `top`). Probes: a marker painted on the root (`xsetroot`), and on (a) a key press until
-//! its glyph shows in the quiet xterm.
+//! (a clock and `top`), and `still`: the static peer (:52), where nothing changes at all, for the idle
+//! cost of a session. Probes: a marker painted on the root (`xsetroot`), and on (a) a key press until
+//! its glyph shows in the quiet xterm; `still` has none (the static peer is shared with the tests and is
+//! never drawn on, typed into or pointed at).
 
 use std::time::{Duration, Instant};
 
@@ -24,9 +26,9 @@ const BACKSPACE: u32 = 0xff08;
 /// glyph appears right after the prompt.
 const KEY_AREA: (u32, u32, u32, u32) = (0, 0, 400, 30);
 
-/// The three VNC workloads, for the registry.
+/// The VNC workloads, for the registry.
 pub fn workloads() -> Vec<Box<dyn Workload>> {
-    vec![Box::new(Vnc::Scroll), Box::new(Vnc::Fullscreen), Box::new(Vnc::Idle)]
+    vec![Box::new(Vnc::Scroll), Box::new(Vnc::Fullscreen), Box::new(Vnc::Idle), Box::new(Vnc::Still)]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +39,9 @@ enum Vnc {
     Fullscreen,
     /// (c) the changing peer as it is: a clock and `top`.
     Idle,
+    /// The static peer, nothing changing: what an idle session costs (target: < 0.5 % of one core).
+    /// Only the session's own traffic (keep-alives, the first frame) reaches guacr.
+    Still,
 }
 
 impl Vnc {
@@ -44,7 +49,18 @@ impl Vnc {
         match self {
             Vnc::Scroll => peers::typing(),
             Vnc::Fullscreen | Vnc::Idle => peers::changing(),
+            Vnc::Still => peers::static_screen(),
         }
+    }
+
+    fn params(self) -> Vec<(String, String)> {
+        let mut params = self.peer().vnc_params();
+        if self == Vnc::Still {
+            // The static peer is shared with the tests: never ask it to change its size (it is already
+            // 1024×768, so this only makes sure).
+            params.push(("disable-display-resize".into(), "true".into()));
+        }
+        params
     }
 }
 
@@ -54,6 +70,7 @@ impl Workload for Vnc {
             Vnc::Scroll => "a scroll",
             Vnc::Fullscreen => "b fullscreen",
             Vnc::Idle => "c idle",
+            Vnc::Still => "still",
         }
     }
 
@@ -62,6 +79,7 @@ impl Workload for Vnc {
             Vnc::Scroll => &["scroll", "a"],
             Vnc::Fullscreen => &["fullscreen", "b"],
             Vnc::Idle => &["idle", "c"],
+            Vnc::Still => &["still"],
         }
     }
 
@@ -75,7 +93,7 @@ impl Workload for Vnc {
 
     fn open<'a>(&'a self, guacr: &'a GuacrProcess) -> BoxFut<'a, Result<(GuacClient, f64)>> {
         let addr = guacr.addr();
-        let params = self.peer().vnc_params();
+        let params = self.params();
         Box::pin(async move {
             let mut c = GuacClient::connect(addr).await?;
             let t0 = Instant::now();
@@ -84,6 +102,11 @@ impl Workload for Vnc {
             let first = c.state().sync_times[0];
             Ok((c, (first - t0).as_secs_f64() * 1e3))
         })
+    }
+
+    fn counting(&self) -> Option<(&'static str, Vec<(String, String)>)> {
+        // Every hook below uses only the probe session.
+        Some(("vnc", self.params()))
     }
 
     fn start<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFut<'a, Result<()>> {
@@ -121,7 +144,7 @@ impl Workload for Vnc {
     fn probes<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFut<'a, Result<Latency>> {
         Box::pin(async move {
             let mut lat = Latency::default();
-            if *self == Vnc::Fullscreen {
+            if matches!(self, Vnc::Fullscreen | Vnc::Still) {
                 return Ok(lat);
             }
             // Markers while the workload keeps running.

@@ -11,6 +11,8 @@ use std::time::Duration;
 use anyhow::Result;
 use guacr_tests::{GuacClient, GuacrProcess};
 
+use crate::counting::CountingClient;
+
 /// A boxed future, so workloads can live behind `dyn Workload`.
 pub type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -43,8 +45,10 @@ impl Latency {
 /// What the runner passes to a workload's hooks.
 pub struct Ctx<'a> {
     pub guacr: &'a GuacrProcess,
-    /// Every session; the first one is the probe session.
+    /// The sessions with a full client (decoding, compositing); the first one is the probe session.
     pub clients: &'a [GuacClient],
+    /// The other sessions, with counting clients (see [`Workload::counting`]); empty unless used.
+    pub counters: &'a [CountingClient],
     /// Repetition index (0-based), so probes can pick fresh colours per repetition.
     pub rep: usize,
     /// Latency probes requested per repetition (`--probes`).
@@ -68,6 +72,13 @@ pub trait Workload: Send + Sync {
     /// Opens one session through `guacr` and waits for its first frame; returns the client and the time
     /// from `select` to the first frame in ms.
     fn open<'a>(&'a self, guacr: &'a GuacrProcess) -> BoxFut<'a, Result<(GuacClient, f64)>>;
+    /// The protocol and parameters for sessions after the first, which then get a counting client that
+    /// decodes no image (`counting.rs`), so the bench's own decoding does not compete with guacr. `None`
+    /// (the default): every session is opened with [`Workload::open`]. Only for workloads whose hooks use
+    /// just the probe session (`ctx.probe()`).
+    fn counting(&self) -> Option<(&'static str, Vec<(String, String)>)> {
+        None
+    }
     /// Sets the load going once every session is open (default: nothing).
     fn start<'a>(&'a self, _ctx: &'a Ctx<'a>) -> BoxFut<'a, Result<()>> {
         Box::pin(async { Ok(()) })

@@ -5,6 +5,7 @@
 mod client;
 mod config;
 mod display;
+mod encoder_pool;
 mod guacd_conf;
 mod http;
 mod jail;
@@ -100,7 +101,12 @@ fn run(config: Config) -> anyhow::Result<()> {
     if let Some(worker_dir) = config.worker_path("guacr-worker-vnc").parent() {
         jail::check_reachable(worker_dir)?;
     }
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads =
+        config.encoder_threads.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), usize::from);
+    // Room for a few queued frames per thread; a session has at most one encode in flight, so with more
+    // sessions than that, sessions wait their turn for a place (backpressure, like a slow client).
+    let encoders = encoder_pool::EncoderPool::new(threads, threads * 16)
+        .map_err(|e| anyhow::anyhow!("cannot start the encoder threads: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let tls = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => Some(tls::acceptor(cert, key)?),
@@ -109,7 +115,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     let admission = limits::ConnectionLimits::new(config.max_connections, config.max_connections_per_address);
     let shared = Arc::new(Shared {
         config,
-        encoders: Arc::new(tokio::sync::Semaphore::new(threads)),
+        encoders,
         metrics: metrics::Metrics::default(),
         sharing: sharing::Registry::default(),
     });

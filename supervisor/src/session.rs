@@ -13,8 +13,7 @@ use shm_proto::control::Params;
 use shm_proto::{ControlChannel, Frame, FrameReader, FromWorker, Geometry, ShmError, ToWorker};
 use tokio::net::TcpStream;
 use tokio::process::Child;
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info, warn, Instrument};
 
@@ -59,8 +58,8 @@ const LINGER: Duration = Duration::from_secs(2);
 /// State shared by all sessions.
 pub struct Shared {
     pub config: Config,
-    /// The encoder pool's admission: at most this many frames encode at once, across all sessions.
-    pub encoders: Arc<Semaphore>,
+    /// The process-wide encoder pool (`--encoder-threads`), shared fairly by every session.
+    pub encoders: crate::encoder_pool::EncoderPool,
     /// Counters for `/metrics`.
     pub metrics: Metrics,
     /// Live sessions that can be joined (`select $<id>`).
@@ -209,13 +208,12 @@ async fn run_owner(
         return Err(SessionEnd::error(Status::ServerError, "Session worker did not start."));
     }
     let Worker { mut child, control, frames, cgroup, .. } = worker;
-    let recorder = RecordingSettings::from_params(&params).and_then(|settings| {
+    let recorder = {
         let username = request.name.as_deref().or(params.get("username")).unwrap_or("");
         let address = peer.map(|p| p.ip().to_string()).unwrap_or_default();
-        Recorder::start(settings, &Tokens::now(username, &address, connection_id))
-            .map_err(|e| warn!(error = %e, "Session is not recorded"))
-            .ok()
-    });
+        let tokens = Tokens::now(username, &address, connection_id);
+        Recorder::for_session(RecordingSettings::from_params(&params), &tokens, shared.config.recording_required)
+    };
     let (_registration, joins) = shared.sharing.register(connection_id, protocol);
     // The owner's output queue moves into the session's user list for the session's lifetime.
     let owner_writer = std::mem::replace(writer, ClientWriter::new(Box::new(tokio::io::sink())));
@@ -524,8 +522,9 @@ impl User {
 }
 
 /// An encode in flight: the reader and the group's display state travel to an encoder thread and come
-/// back with the instructions.
-type EncodeJob = JoinHandle<Result<Encoded, tokio::task::JoinError>>;
+/// back with the instructions. Polled by the session loop itself (no task in between).
+type EncodeJob =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Encoded, crate::encoder_pool::PoolError>> + Send>>;
 
 /// A joiner's input, tagged with the joiner's key.
 type TaggedInput = (u64, JoinerInput);
@@ -638,6 +637,8 @@ struct Session<'a> {
     /// Terminal output written as a typescript (`typescript-path`).
     typescript: TypescriptSlot,
     next_key: u64,
+    /// This session's fairness key in the encoder pool.
+    encode_key: u64,
     recorder: Option<Recorder>,
     /// Joiners' instructions, tagged with the joiner's key by a forwarding task each.
     joiner_tx: mpsc::Sender<TaggedInput>,
@@ -661,6 +662,7 @@ impl<'a> Session<'a> {
         Session {
             protocol,
             shared,
+            encode_key: shared.encoders.key(),
             display: Some(ClientDisplay::default()),
             params,
             clipboard_limit,
@@ -785,6 +787,9 @@ impl<'a> Session<'a> {
 
             tokio::select! {
                 failure = self.users[0].writer().failed() => return Err(failure.into()),
+                _ = Recorder::lost(self.recorder.as_ref()) => {
+                    return Err(SessionEnd::error(Status::ServerError, "Session recording failed."));
+                }
                 _ = owner_room.drained(), if wait_for_owner_room => {}
                 instruction = reader.next() => {
                     let instruction = instruction?;
@@ -841,9 +846,10 @@ impl<'a> Session<'a> {
                 }
                 done = async { encoding.as_mut().expect("guarded by the branch condition").await }, if encoding.is_some() => {
                     encoding = None;
-                    let done = done
-                        .map_err(|_| SessionEnd::error(Status::ServerError, "Frame encoder failed."))?
-                        .map_err(|_| SessionEnd::error(Status::ServerError, "Frame encoder failed."))?;
+                    let done = done.map_err(|e| {
+                        tracing::error!(error = %e, "Frame encode failed");
+                        SessionEnd::error(Status::ServerError, "Frame encoder failed.")
+                    })?;
                     match self.encoded(done)? {
                         (frames_back, Some(seq)) => {
                             idle_frames = Some(frames_back);
@@ -1012,31 +1018,26 @@ impl<'a> Session<'a> {
             last: self.last_frame.clone(),
             refresh,
         };
-        let encoders = self.shared.encoders.clone();
         let encode_seconds = self.shared.metrics.encode_seconds.clone();
         let handoff = work.frame.is_some().then(|| {
             let m = &self.shared.metrics;
             (Instant::now(), published_at, m.handoff_seconds.clone(), m.publish_to_encode_seconds.clone())
         });
-        Ok(tokio::spawn(async move {
-            // One permit per job: the pool is shared by every session and bounded by the core count.
-            let permit = encoders.acquire_owned().await;
-            tokio::task::spawn_blocking(move || {
-                let _permit = permit;
-                if let Some((acquired, published, handoff_seconds, publish_seconds)) = handoff {
-                    let now = Instant::now();
-                    handoff_seconds.observe(now - acquired);
-                    if let Some(published) = published {
-                        publish_seconds.observe(now - published);
-                    }
+        // The job is queued on the pool when the session loop first polls this future (right away, in
+        // its `select!`), in this session's turn: one handoff to a parked encoder thread.
+        Ok(Box::pin(self.shared.encoders.run(self.encode_key, move || {
+            if let Some((acquired, published, handoff_seconds, publish_seconds)) = handoff {
+                let now = Instant::now();
+                handoff_seconds.observe(now - acquired);
+                if let Some(published) = published {
+                    publish_seconds.observe(now - published);
                 }
-                let started = std::time::Instant::now();
-                let done = encode_work(work);
-                encode_seconds.observe(started.elapsed());
-                done
-            })
-            .await
-        }))
+            }
+            let started = std::time::Instant::now();
+            let done = encode_work(work);
+            encode_seconds.observe(started.elapsed());
+            done
+        })))
     }
 
     /// Sends what an encode produced: the frame to every user in step (one buffer, shared) and the
@@ -1571,7 +1572,7 @@ mod tests {
     fn shared() -> Shared {
         Shared {
             config: Config::parse_from(["guacr"]),
-            encoders: Arc::new(Semaphore::new(1)),
+            encoders: crate::encoder_pool::EncoderPool::new(1, 4).expect("encoder thread"),
             metrics: Metrics::default(),
             sharing: crate::sharing::Registry::default(),
         }
