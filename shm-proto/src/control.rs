@@ -283,6 +283,10 @@ impl ControlChannel {
             });
             match received {
                 Ok(Ok(result)) => return result,
+                // The peer closed with our messages unread. Linux reports that (once) before the messages
+                // the peer sent earlier: read on, so its last word (`Failed`, `Closed`) is not lost, then
+                // end of file.
+                Ok(Err(e)) if e.kind() == io::ErrorKind::ConnectionReset => continue,
                 Ok(Err(e)) => return Err(ControlError::Io(e)),
                 Err(_would_block) => continue,
             }
@@ -344,6 +348,18 @@ mod tests {
         assert_eq!(b.recv::<ToWorker>().await.unwrap(), Some(put));
         drop(b);
         assert_eq!(a.recv::<FromWorker>().await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn the_last_word_survives_a_peer_that_exits_with_messages_unread() {
+        let (a, b) = ControlChannel::pair().unwrap();
+        let (a, b) = (ControlChannel::new(a).unwrap(), ControlChannel::new(b).unwrap());
+        a.send(&ToWorker::Heartbeat).await.unwrap();
+        b.send(&FromWorker::Failed { status: 519, message: "gone".into() }).await.unwrap();
+        drop(b);
+        let last = a.recv::<FromWorker>().await.unwrap();
+        assert!(matches!(last, Some(FromWorker::Failed { status: 519, .. })), "{last:?}");
+        assert!(a.recv::<FromWorker>().await.unwrap().is_none());
     }
 
     #[tokio::test]

@@ -11,7 +11,8 @@ use guacr_tests::{artifact_dir, compare, x11_screenshot, GuacClient, GuacrProces
 const WIDTH: u32 = 1024;
 const HEIGHT: u32 = 768;
 
-/// Tests that type into (or resize) one desktop take turns.
+/// Tests that use one desktop take turns: typing, resizing and freerdp-shadow's pointer updates (which
+/// a concurrent connection to the same X display can disturb) need it to themselves.
 static SHADOW_DESKTOP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 static XRDP_DESKTOP: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -60,7 +61,15 @@ async fn wait_matches_x_server(client: &GuacClient, display: &str, name: &str) -
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let ours = client.screenshot();
-        let truth = x11_screenshot(display).expect("xwd screenshot");
+        // While the server resizes its screen (RandR), xwd can fail with BadMatch: try again.
+        let truth = match x11_screenshot(display) {
+            Ok(truth) => truth,
+            Err(e) if Instant::now() > deadline => panic!("xwd screenshot: {e}"),
+            Err(_) => {
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                continue;
+            }
+        };
         let diff = compare(&ours, &truth, 8);
         if diff.fraction < 0.001 {
             return ours;
@@ -76,12 +85,23 @@ async fn wait_matches_x_server(client: &GuacClient, display: &str, name: &str) -
 
 /// Not a trivially matching blank image: the plaid root (and the xterm) are there.
 fn assert_plaid(image: &RgbImage) {
-    assert!(image.count_color(peers::STATIC_ROOT_FG, 8) > 10_000, "plaid foreground missing");
-    assert!(image.count_color(peers::STATIC_ROOT_BG, 8) > 10_000, "plaid background missing");
+    assert_plaid_at_least(image, 10_000);
+}
+
+/// [`assert_plaid`] for a smaller desktop, where the xterm hides more of the root.
+fn assert_plaid_at_least(image: &RgbImage, pixels: usize) {
+    assert!(image.count_color(peers::STATIC_ROOT_FG, 8) > pixels, "plaid foreground missing");
+    assert!(image.count_color(peers::STATIC_ROOT_BG, 8) > pixels, "plaid background missing");
 }
 
 /// Types a command that paints the X root a fresh colour and waits until the client shows it.
 async fn type_and_see(client: &GuacClient, display: &str, name: &str) {
+    type_and_see_sized(client, display, name, (WIDTH, HEIGHT)).await
+}
+
+/// [`type_and_see`] on a desktop of `size` (the root colour is probed near its bottom-right corner).
+async fn type_and_see_sized(client: &GuacClient, display: &str, name: &str, (w, h): (u32, u32)) {
+    let (px, py) = (w - 24, h - 28);
     // No window manager on :55: keyboard focus follows the pointer into the xterm at +0+0.
     client.send_mouse(200, 150, 0).await.unwrap();
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
@@ -91,7 +111,7 @@ async fn type_and_see(client: &GuacClient, display: &str, name: &str) {
     client.type_text(&format!("clear; echo Typed-Through-RDP; xsetroot -solid '{hex}'\n")).await.unwrap();
     client
         .wait_until_named("root window repainted by the typed command", Duration::from_secs(15), move |s| {
-            s.display.pixel(1000, 740).is_some_and(|p| p[..3].iter().zip(colour).all(|(a, b)| a.abs_diff(b) <= 4))
+            s.display.pixel(px, py).is_some_and(|p| p[..3].iter().zip(colour).all(|(a, b)| a.abs_diff(b) <= 4))
         })
         .await
         .expect("typed command took effect");
@@ -102,7 +122,7 @@ async fn type_and_see(client: &GuacClient, display: &str, name: &str) {
     client.type_text("xsetroot -mod 16 16 -fg '#d03020' -bg '#2040c0'; clear\n").await.unwrap();
     client
         .wait_until_named("plaid restored", Duration::from_secs(15), |s| {
-            s.display.pixel(1000, 740).is_some_and(|p| p[..3] != colour)
+            s.display.pixel(px, py).is_some_and(|p| p[..3] != colour)
         })
         .await
         .expect("plaid restored");
@@ -110,6 +130,7 @@ async fn type_and_see(client: &GuacClient, display: &str, name: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handshake_speaks_guacd_1_6_rdp() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
     let guacr = guacr();
     let peer = peers::rdp_shadow();
     let client = open(&guacr, &peer, &[("security", "tls"), ("ignore-cert", "true")]).await;
@@ -157,6 +178,7 @@ async fn shadow_with_nla_logs_in_and_matches_the_x_display() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn security_any_negotiates_with_each_shadow_server() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
     let guacr = guacr();
     for peer in [peers::rdp_shadow(), peers::rdp_shadow_nla()] {
         let client = open(&guacr, &peer, &[("security", "any"), ("ignore-cert", "true")]).await;
@@ -167,6 +189,7 @@ async fn security_any_negotiates_with_each_shadow_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nla_with_a_wrong_password_gives_769() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
     let guacr = guacr();
     let peer = peers::rdp_shadow_nla();
     let client = open(&guacr, &peer, &[("security", "nla"), ("ignore-cert", "true"), ("password", "wrongpw")]).await;
@@ -177,6 +200,7 @@ async fn nla_with_a_wrong_password_gives_769() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificates_are_checked_unless_ignored_pinned_or_trusted_on_first_use() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
     let guacr = guacr();
     let peer = peers::rdp_shadow();
     // Strict by default: the self-signed certificate is refused, and the error names its fingerprint.
@@ -224,13 +248,15 @@ async fn unreachable_rdp_server_gives_519() {
     assert_eq!(wait_error(&client).await.status, 519);
 }
 
-/// Logs in to xrdp (the session's Xorg starts on first use) and returns the session's X display.
+/// Logs in to xrdp (the session's Xorg starts on first use) and returns the session's X display once
+/// its xterm is on screen (keys typed before it maps would be lost).
 async fn xrdp_session(client: &GuacClient, guacr: &GuacrProcess, size: (u32, u32)) -> String {
     wait_first_frame(client, guacr, size).await;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(display) = peers::xrdp_session_display() {
-            if x11_screenshot(&display).is_ok_and(|shot| (shot.width, shot.height) == size) {
+            if x11_screenshot(&display).is_ok_and(|shot| (shot.width, shot.height) == size) && xterm_viewable(&display)
+            {
                 return display;
             }
         }
@@ -267,6 +293,14 @@ async fn xrdp_over_standard_rdp_security_logs_in() {
     let client = open(&guacr, &peers::rdp_xrdp(), &[("security", "rdp")]).await;
     let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
     assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-rdp").await);
+}
+
+/// The session's xterm (titled guacr-rdp-typing by scripts/peers.sh) is mapped and viewable.
+fn xterm_viewable(display: &str) -> bool {
+    std::process::Command::new("xwininfo")
+        .args(["-display", display, "-name", "guacr-rdp-typing"])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("IsViewable"))
 }
 
 /// Runs `xclip` against the xrdp session's display (as root, let in by the session's `xhost`).
@@ -369,4 +403,241 @@ async fn xrdp_clipboard_respects_disable_copy_and_disable_paste() {
         !state.finished_streams.iter().any(|st| st.kind == "clipboard"),
         "a clipboard stream reached the user despite disable-copy"
     );
+}
+
+/// Waits until the client's display has `size` and a frame drew it.
+async fn wait_display_size(client: &GuacClient, guacr: &GuacrProcess, size: (u32, u32)) {
+    let waited = client
+        .wait_until_named("display at the new size", Duration::from_secs(20), move |s| {
+            s.last_error().is_some() || s.display.size() == size
+        })
+        .await;
+    if let Some(error) = client.last_error() {
+        panic!("RDP session failed: {error:?}; guacr log:\n{}", guacr.log_tail(40));
+    }
+    let shown = client.state().display.size();
+    waited.unwrap_or_else(|e| panic!("display stayed {shown:?}: {e}; guacr log:\n{}", guacr.log_tail(40)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_display_update_resizes_the_session() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    let extra = [("security", "tls"), ("ignore-cert", "true"), ("resize-method", "display-update")];
+    let client = open(&guacr, &peers::rdp_xrdp(), &extra).await;
+    let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-disp-before").await);
+    // The browser window shrank: the Display Control channel asks xrdp for 800×600, xrdp resizes the
+    // session's Xorg (RandR) and reactivates the connection at the new size.
+    client.send_size(800, 600).await.unwrap();
+    wait_display_size(&client, &guacr, (800, 600)).await;
+    let shot = wait_matches_x_server(&client, &display, "xrdp-disp-after").await;
+    assert_eq!((shot.width, shot.height), (800, 600), "the session's X screen was not resized");
+    assert_plaid_at_least(&shot, 2_000);
+    // An odd width goes out even (MS-RDPEDISP), and the client follows again.
+    client.send_size(1021, 700).await.unwrap();
+    wait_display_size(&client, &guacr, (1020, 700)).await;
+    assert_plaid_at_least(&wait_matches_x_server(&client, &display, "xrdp-disp-odd").await, 2_000);
+    let closed = client.is_closed();
+    let state = client.state();
+    assert!(state.last_error().is_none() && !closed, "the session ended: {}", state.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_reconnect_resize_gives_a_session_at_the_new_size() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    let extra = [("security", "tls"), ("ignore-cert", "true"), ("resize-method", "reconnect")];
+    let client = open(&guacr, &peers::rdp_xrdp(), &extra).await;
+    let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    client.send_size(900, 640).await.unwrap();
+    // xrdp gives the reconnecting user the same session, resized to the new connection's size.
+    wait_display_size(&client, &guacr, (900, 640)).await;
+    assert_plaid_at_least(&wait_matches_x_server(&client, &display, "xrdp-reconnect").await, 2_000);
+    type_and_see_sized(&client, &display, "xrdp-reconnect-typing", (900, 640)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_keeps_its_fixed_size_under_either_resize_method() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
+    let guacr = guacr();
+    for method in ["display-update", "reconnect"] {
+        let extra = [("security", "tls"), ("ignore-cert", "true"), ("resize-method", method)];
+        let client = open(&guacr, &peers::rdp_shadow(), &extra).await;
+        wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+        let frames = client.frames();
+        client.send_size(800, 600).await.unwrap();
+        // freerdp-shadow serves its X screen as it is (no Display Control channel; a new connection
+        // gets 1024×768 again), so what the user sees, as with guacd, stays the whole 1024×768 screen.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(client.state().display.size(), (WIDTH, HEIGHT), "{method}");
+        assert_plaid(&wait_matches_x_server(&client, &peers::rdp_shadow_display(), "shadow-resize").await);
+        let closed = client.is_closed();
+        let (failed, summary) = {
+            let state = client.state();
+            (state.last_error().is_some(), state.summary())
+        };
+        assert!(!failed && !closed, "{method}: {summary}");
+        if method == "reconnect" {
+            let log = guacr.log_contents();
+            assert!(log.contains("Reconnected to the RDP server"), "no reconnect happened:\n{}", guacr.log_tail(30));
+            // The new connection drew the screen again.
+            assert!(client.frames() > frames, "no frame after the reconnect");
+            // The server kept its size: the same size again is not another reconnect.
+            client.send_size(800, 600).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            let reconnects = guacr.log_contents().matches("Reconnected to the RDP server").count();
+            assert_eq!(reconnects, 1, "reconnected again for a size the server does not take");
+        }
+        client.disconnect().await.unwrap();
+    }
+}
+
+/// A freerdp-shadow of our own on display :55 (the harness's servers stay untouched), killed mid-session.
+struct OwnShadow {
+    child: std::process::Child,
+    port: u16,
+    home: std::path::PathBuf,
+}
+
+impl OwnShadow {
+    fn start() -> OwnShadow {
+        let port = guacr_tests::process::free_port().expect("free port");
+        let home = std::env::temp_dir().join(format!("guacr-rdp-own-shadow-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&home).unwrap();
+        let child = std::process::Command::new("freerdp-shadow-cli")
+            .args(["/bind-address:127.0.0.1", &format!("/port:{port}"), "-auth"])
+            .env("DISPLAY", peers::rdp_shadow_display())
+            .env("HOME", &home)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("starting freerdp-shadow-cli (package freerdp2-shadow-x11; scripts/test.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !guacr_tests::process::port_listening(port) {
+            assert!(Instant::now() < deadline, "our freerdp-shadow never listened on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        OwnShadow { child, port, home }
+    }
+
+    fn peer(&self) -> RdpPeer {
+        let mut peer = peers::rdp_shadow();
+        peer.addr = format!("127.0.0.1:{}", self.port).parse().unwrap();
+        peer
+    }
+
+    fn kill(&mut self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signalling our freerdp-shadow");
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OwnShadow {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.home);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_dropping_the_connection_gives_520_and_a_close() {
+    // Another freerdp-shadow on :55 while a shared-server test watches its cursor could disturb it.
+    let _desktop = SHADOW_DESKTOP.lock().await;
+    let guacr = guacr();
+    let mut shadow = OwnShadow::start();
+    let client = open(&guacr, &shadow.peer(), &[("security", "tls"), ("ignore-cert", "true")]).await;
+    wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+    // The server vanishes without a word (SIGKILL: the kernel closes its socket). guacd: the
+    // connection failed at a low level → "Connection closed." with UPSTREAM_UNAVAILABLE.
+    shadow.kill(nix::sys::signal::Signal::SIGKILL);
+    let error = wait_error(&client).await;
+    assert_eq!((error.status, error.message.as_str()), (520, "Connection closed."), "{error:?}");
+    client.wait_closed(Duration::from_secs(5)).await.expect("connection closed after the error");
+    assert!(guacr.worker_pids().is_empty() || wait_no_workers(&guacr).await, "the worker outlived the session");
+}
+
+async fn wait_no_workers(guacr: &GuacrProcess) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if guacr.worker_pids().is_empty() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_logoff_closes_the_session_cleanly() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    let client = open(&guacr, &peers::rdp_xrdp(), &[("security", "tls"), ("ignore-cert", "true")]).await;
+    xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    // The session is `exec xterm`: leaving its shell logs the user off and ends the Xorg session.
+    client.send_mouse(200, 150, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.type_text("exit\n").await.unwrap();
+    client.wait_closed(Duration::from_secs(20)).await.expect("the connection closed after the logoff");
+    // xrdp ends the connection with a Disconnect Provider Ultimatum "user requested", which FreeRDP
+    // (and so guacd) takes for a logoff by the user: `disconnect`, no error.
+    let state = client.state();
+    assert!(state.last_error().is_none(), "a logoff is not an error: {}", state.summary());
+    assert!(state.disconnect_received.is_some(), "no disconnect instruction: {}", state.summary());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_de_de_qwertz_types_what_the_user_typed() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    // xrdp sets the session's keyboard to the layout the client announces (0x0407: German), so every
+    // character must go out as the scancode of the German key that carries it: Z and Y swapped, AltGr
+    // for @{}\|~, Shift+7 for / and the extra ISO key for < and >, and the umlauts and ß have keys of
+    // their own.
+    let extra = [("security", "tls"), ("ignore-cert", "true"), ("server-layout", "de-de-qwertz")];
+    let client = open(&guacr, &peers::rdp_xrdp(), &extra).await;
+    xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    let file = format!("/tmp/guacr-rdp-de-{}", std::process::id());
+    let _ = std::fs::remove_file(&file);
+    let typed = r#"zy@{}\|~/=?"<>#äöüß"#;
+    client.send_mouse(200, 150, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // `head` reads the terminal as it is (bash's line editor would take the session's 8-bit umlauts,
+    // under its C locale, for Meta keys) and exits after the line, leaving the shell as it was.
+    client.type_text(&format!("head -n 1 > {file}\n")).await.unwrap();
+    // Type the line only once `head` reads the terminal: input typed ahead while the shell switches the
+    // terminal's mode can be discarded. The redirection creates the file just before `head` starts.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::path::Path::new(&file).exists() {
+        assert!(Instant::now() < deadline, "`head > {file}` did not run; guacr log:\n{}", guacr.log_tail(20));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.type_text(&format!("{typed}\n")).await.unwrap();
+    // The session's xterm runs in the C locale: the umlauts arrive as their Latin-1 bytes.
+    let latin1: Vec<u8> = format!("{typed}\n").chars().map(|c| c as u32 as u8).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(bytes) = std::fs::read(&file) {
+            if bytes.ends_with(b"\n") {
+                let utf8 = format!("{typed}\n").into_bytes();
+                assert!(
+                    bytes == latin1 || bytes == utf8,
+                    "the German session received other characters: {:?}",
+                    String::from_utf8_lossy(&bytes)
+                );
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            let _ = std::fs::remove_file(&file);
+            client.screenshot().save_png(artifact_dir().join("rdp-xrdp-de-client.png")).unwrap();
+            panic!("the typed command never wrote {file}; the client's image is in {}", artifact_dir().display());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = std::fs::remove_file(&file);
+    client.type_text("clear\n").await.unwrap();
 }

@@ -20,7 +20,7 @@ pub fn parameters() -> impl Iterator<Item = &'static str> {
 /// Parameters this worker honours. Some are honoured by what the worker never does: it asks for no
 /// audio, GFX, caches or lossy codecs, so `disable-audio`, `disable-gfx`, `disable-*-caching` and
 /// `force-lossless` need no action.
-const IMPLEMENTED: [&str; 35] = [
+const IMPLEMENTED: [&str; 36] = [
     "hostname",
     "port",
     "timeout",
@@ -56,6 +56,7 @@ const IMPLEMENTED: [&str; 35] = [
     "disable-paste",
     "force-lossless",
     "normalize-clipboard",
+    "resize-method",
 ];
 
 /// Boolean parameters: only "true" means the feature was asked for.
@@ -123,6 +124,18 @@ pub enum Security {
     Rdp,
 }
 
+/// guacd's `resize-method`: what a client's new size does to the remote desktop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResizeMethod {
+    /// Unset (guacd's default): the desktop keeps the size it was connected with.
+    None,
+    /// A monitor layout PDU over the Display Control dynamic channel (MS-RDPEDISP); the server
+    /// answers with a Deactivation-Reactivation at the new size.
+    DisplayUpdate,
+    /// Disconnect and connect again at the new size.
+    Reconnect,
+}
+
 /// A password or other secret that never shows up in `Debug`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(pub String);
@@ -159,6 +172,7 @@ pub struct Settings {
     pub clipboard_buffer_size: usize,
     /// `normalize-clipboard`: line ends of text pasted to the server.
     pub line_ends: LineEnds,
+    pub resize: ResizeMethod,
     pub wallpaper: bool,
     pub theming: bool,
     pub font_smoothing: bool,
@@ -264,6 +278,18 @@ impl Settings {
                 LineEnds::Preserve
             }),
         };
+        let resize = match params.get("resize-method").map(|m| m.trim().to_ascii_lowercase()) {
+            None => ResizeMethod::None,
+            Some(m) => match m.as_str() {
+                "" => ResizeMethod::None,
+                "display-update" => ResizeMethod::DisplayUpdate,
+                "reconnect" => ResizeMethod::Reconnect,
+                other => {
+                    notes.warnings.push(format!("resize-method {other:?} is not display-update or reconnect; ignored"));
+                    ResizeMethod::None
+                }
+            },
+        };
         let cert = CertPolicy {
             ignore: params.flag("ignore-cert"),
             tofu: params.flag("cert-tofu"),
@@ -292,6 +318,7 @@ impl Settings {
             disable_paste: params.flag("disable-paste"),
             clipboard_buffer_size,
             line_ends,
+            resize,
             wallpaper: params.flag("enable-wallpaper"),
             theming: params.flag("enable-theming"),
             font_smoothing: params.flag("enable-font-smoothing"),
@@ -353,6 +380,20 @@ mod tests {
         assert_eq!(s.cert.fingerprints.len(), 2);
         assert_eq!(notes.unsupported, ["enable-drive"]);
         assert_eq!(notes.warnings.len(), 1, "{:?}", notes.warnings);
+    }
+
+    #[test]
+    fn resize_method() {
+        let method = |value: &str| {
+            let (s, notes) = Settings::from_params(&params(&[("hostname", "h"), ("resize-method", value)])).unwrap();
+            (s.resize, notes.warnings.len())
+        };
+        assert_eq!(method("display-update"), (ResizeMethod::DisplayUpdate, 0));
+        assert_eq!(method("reconnect"), (ResizeMethod::Reconnect, 0));
+        assert_eq!(method(""), (ResizeMethod::None, 0));
+        assert_eq!(method("stretch"), (ResizeMethod::None, 1));
+        let (s, _) = Settings::from_params(&params(&[("hostname", "h")])).unwrap();
+        assert_eq!(s.resize, ResizeMethod::None, "like guacd, no resizing unless asked for");
     }
 
     #[test]

@@ -23,6 +23,9 @@ use ironrdp_connector::{
     BitmapConfig, ClientConnector, ClientConnectorState, ConnectionResult, ConnectorError, ConnectorErrorKind,
     ConnectorResult, Credentials, DesktopSize, ServerName,
 };
+use ironrdp_displaycontrol::client::DisplayControlClient;
+use ironrdp_displaycontrol::pdu::MonitorLayoutEntry;
+use ironrdp_dvc::DrdynvcClient;
 use ironrdp_graphics::image_processing::PixelFormat;
 use ironrdp_graphics::pointer::DecodedPointer;
 use ironrdp_input::{MouseButton, MousePosition, Operation, WheelRotations};
@@ -32,7 +35,7 @@ use ironrdp_pdu::rdp::capability_sets::{BitmapCodecs, MajorPlatformType};
 use ironrdp_pdu::rdp::client_info::{PerformanceFlags, TimezoneInfo};
 use ironrdp_pdu::Action;
 use ironrdp_session::image::DecodedImage;
-use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput};
+use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput, GracefulDisconnectReason};
 use ironrdp_tokio::{FramedWrite as _, TokioFramed};
 use shm_proto::control::{CLIPBOARD_CHUNK, MAX_CURSOR_SIDE};
 use shm_proto::{FromWorker, Rect, ToWorker};
@@ -46,16 +49,31 @@ use worker_common::{control_failed, heartbeat_timer, WorkerArgs, WorkerSession, 
 use crate::cert::{self, PolicyVerifier, Verdict};
 use crate::clipboard::{self as clip, ClipEvent, ClipQueue};
 use crate::keymap::Keyboard;
-use crate::settings::{Security, Settings, DEFAULT_DPI, DEFAULT_HEIGHT, DEFAULT_WIDTH};
+use crate::settings::{ResizeMethod, Security, Settings, DEFAULT_DPI, DEFAULT_HEIGHT, DEFAULT_WIDTH};
 
 /// The RDP connection sequence after TCP: negotiation, TLS, CredSSP, licensing, capabilities.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The least time between two desktop size changes asked of the server (guacd's interval for both
+/// resize methods): a window being dragged larger sends many `size`s, the server gets the last.
+pub const RESIZE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long after connecting a display update waits for the server to open the Display Control channel.
+pub const DISPLAY_CHANNEL_WAIT: Duration = Duration::from_secs(5);
+
+/// Bound on the server output kept while a reactivation is in progress.
+pub const MAX_DEFERRED: usize = 64 << 20;
 
 /// Guacamole status codes (guacd-wire.md §7).
 pub mod status {
     pub const UPSTREAM_TIMEOUT: u16 = 514;
     pub const UPSTREAM_ERROR: u16 = 515;
     pub const UPSTREAM_NOT_FOUND: u16 = 519;
+    pub const UPSTREAM_UNAVAILABLE: u16 = 520;
+    pub const SESSION_CONFLICT: u16 = 521;
+    pub const SESSION_TIMEOUT: u16 = 522;
+    pub const SESSION_CLOSED: u16 = 523;
+    pub const CLIENT_FORBIDDEN: u16 = 771;
     pub const CLIENT_UNAUTHORIZED: u16 = 769;
 }
 
@@ -120,11 +138,11 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
     settings.cert.load_roots();
     // The clipboard channel is joined unless both directions are off.
     let clip_queue = (!(settings.disable_copy && settings.disable_paste)).then(ClipQueue::default);
-    let (connected, _resized) = match session.serve_while(connect(&settings, size, dpi, clip_queue.clone())).await {
+    let (connected, resized) = match session.serve_while(connect(&settings, size, dpi, clip_queue.clone())).await {
         Ok(done) => done,
         Err(code) => return code,
     };
-    let (framed, result) = match connected {
+    let (addrs, framed, result) = match connected {
         Ok(connection) => connection,
         Err(failure) => {
             session.fail(failure.status, failure.message).await;
@@ -143,7 +161,59 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
         return 1;
     }
     let image = DecodedImage::new(PixelFormat::BgrX32, desktop.width, desktop.height);
-    let active = ActiveStageBuilder {
+    let (active, activation) = active_stage(result);
+    let keyboard = Keyboard::new(settings.layout);
+    let mut worker = Worker {
+        session,
+        // A size the client sent while we connected is passed on at once.
+        resize: Resize {
+            method: settings.resize,
+            wanted: resized.filter(|_| settings.resize != ResizeMethod::None),
+            asked: size,
+            due: tokio::time::Instant::now(),
+            channel_deadline: tokio::time::Instant::now() + DISPLAY_CHANNEL_WAIT,
+        },
+        addrs,
+        dpi,
+        deferred: Vec::new(),
+        read_only: settings.read_only,
+        active,
+        image,
+        keyboard,
+        input_state: ironrdp_input::Database::new(),
+        activation,
+        buttons: 0,
+        frame_open: false,
+        clip: clip_queue,
+        local_text: None,
+        paste: Vec::new(),
+        disable_copy: settings.disable_copy,
+        disable_paste: settings.disable_paste,
+        clipboard_buffer_size: settings.clipboard_buffer_size,
+        line_ends: settings.line_ends,
+        settings,
+    };
+    let mut framed = framed;
+    loop {
+        match worker.serve(framed).await {
+            End::Exit(code) => return code,
+            End::Fail(failure) => {
+                worker.session.fail(failure.status, failure.message).await;
+                return EXIT_REPORTED;
+            }
+            End::Reconnect(size) => match worker.reconnect(size).await {
+                Ok(next) => framed = next,
+                Err(code) => return code,
+            },
+        }
+    }
+}
+
+/// The session stage for a finished connection sequence, and what a reactivation needs.
+fn active_stage(
+    result: ConnectionResult,
+) -> (ActiveStage, ironrdp_connector::connection_activation::ConnectionActivationFactory) {
+    let stage = ActiveStageBuilder {
         static_channels: result.static_channels,
         user_channel_id: result.user_channel_id,
         io_channel_id: result.io_channel_id,
@@ -154,32 +224,7 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
         pointer_software_rendering: result.pointer_software_rendering,
     }
     .build();
-    let keyboard = Keyboard::new(settings.layout);
-    let mut worker = Worker {
-        session,
-        read_only: settings.read_only,
-        active,
-        image,
-        keyboard,
-        input_state: ironrdp_input::Database::new(),
-        activation: result.activation_factory,
-        buttons: 0,
-        frame_open: false,
-        clip: clip_queue,
-        local_text: None,
-        paste: Vec::new(),
-        disable_copy: settings.disable_copy,
-        disable_paste: settings.disable_paste,
-        clipboard_buffer_size: settings.clipboard_buffer_size,
-        line_ends: settings.line_ends,
-    };
-    match worker.serve(framed).await {
-        End::Exit(code) => code,
-        End::Fail(failure) => {
-            worker.session.fail(failure.status, failure.message).await;
-            EXIT_REPORTED
-        }
-    }
+    (stage, result.activation_factory)
 }
 
 /// Resolves, applies the sandbox, connects; with `security=any`, falls back to standard RDP security
@@ -189,7 +234,7 @@ async fn connect(
     size: (u32, u32),
     dpi: u32,
     clip: Option<ClipQueue>,
-) -> Result<(Framed, ConnectionResult), Failure> {
+) -> Result<(Vec<SocketAddr>, Framed, ConnectionResult), Failure> {
     let addrs = worker_common::resolve_off_thread(&settings.hostname, settings.port).await.map_err(|e| {
         Failure::new(
             status::UPSTREAM_NOT_FOUND,
@@ -199,17 +244,29 @@ async fn connect(
     // Before the first byte from the server: Landlock (this port only, no files) and seccomp.
     worker_common::sandbox(&worker_common::Policy::tcp_client(&addrs))
         .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("cannot apply the sandbox: {e}")))?;
+    let (framed, result) = negotiate(settings, &addrs, size, dpi, clip).await?;
+    Ok((addrs, framed, result))
+}
+
+/// Connects to one of the resolved addresses (inside the sandbox), with the `security=any` fallback.
+async fn negotiate(
+    settings: &Settings,
+    addrs: &[SocketAddr],
+    size: (u32, u32),
+    dpi: u32,
+    clip: Option<ClipQueue>,
+) -> Result<(Framed, ConnectionResult), Failure> {
     let protocols = match (settings.security, settings.nla) {
         (Security::Any, nla) => Protocols { tls: true, nla, standard: false },
         (Security::Nla, _) => Protocols { tls: false, nla: true, standard: false },
         (Security::Tls, _) => Protocols { tls: true, nla: false, standard: false },
         (Security::Rdp, _) => Protocols { tls: false, nla: false, standard: true },
     };
-    match connect_once(settings, &addrs, size, dpi, protocols, clip.clone()).await {
+    match connect_once(settings, addrs, size, dpi, protocols, clip.clone()).await {
         Err(failure) if failure.standard_only && settings.security == Security::Any => {
             info!("RDP server allows only standard RDP security; reconnecting with it");
             let standard = Protocols { tls: false, nla: false, standard: true };
-            connect_once(settings, &addrs, size, dpi, standard, clip).await
+            connect_once(settings, addrs, size, dpi, standard, clip).await
         }
         other => other,
     }
@@ -258,7 +315,9 @@ fn connector_config(
             password: settings.password.0.clone(),
         },
         domain: settings.domain.clone(),
-        client_build: 0,
+        // A Windows build number (2600: XP), as FreeRDP sends one too: xrdp ignores Display Control
+        // layouts from "older clients" whose build is 419 or below, which IronRDP's default 0 is.
+        client_build: 2600,
         client_name: settings.client_name.clone(),
         keyboard_type: ironrdp_pdu::gcc::KeyboardType::IBM_ENHANCED,
         keyboard_subtype: 0,
@@ -340,6 +399,11 @@ async fn handshake(
     let mut connector = ClientConnector::new(config, local);
     if let Some(queue) = clip {
         connector.attach_static_channel(CliprdrClient::new(Box::new(clip::Backend::new(queue))));
+    }
+    if settings.resize == ResizeMethod::DisplayUpdate {
+        // The Display Control channel: its capabilities need no answer, a layout is sent on `size`.
+        let display = DisplayControlClient::new(|_capabilities| Ok(Vec::new()));
+        connector.attach_static_channel(DrdynvcClient::new().with_dynamic_channel(display));
     }
     let should_upgrade = ironrdp_tokio::connect_begin(&mut framed, &mut connector)
         .await
@@ -446,10 +510,34 @@ fn public_key(der: &[u8]) -> Option<Vec<u8>> {
 enum End {
     Exit(i32),
     Fail(Failure),
+    /// `resize-method=reconnect`: connect again at this size.
+    Reconnect((u32, u32)),
+}
+
+/// A client size change waiting to be passed on to the server.
+struct Resize {
+    method: ResizeMethod,
+    /// The latest size the client asked for and the server has not been asked for yet.
+    wanted: Option<(u32, u32)>,
+    /// The size the server was last asked for (connection or resize). A server that keeps its own
+    /// size (freerdp-shadow) is not asked again, nor reconnected to, for the same size.
+    asked: (u32, u32),
+    /// Not before this instant (throttled to [`RESIZE_INTERVAL`]).
+    due: tokio::time::Instant,
+    /// Until then a display update waits for the Display Control channel to open; a server that
+    /// has not opened it by then does not offer it (freerdp-shadow), and the size is kept.
+    channel_deadline: tokio::time::Instant,
 }
 
 struct Worker {
     session: WorkerSession,
+    settings: Settings,
+    resize: Resize,
+    /// The server's addresses, resolved before the sandbox (a reconnect cannot resolve again).
+    addrs: Vec<SocketAddr>,
+    dpi: u32,
+    /// Server PDUs that arrived during a reactivation, processed once it is over.
+    deferred: Vec<(Action, bytes::BytesMut)>,
     read_only: bool,
     active: ActiveStage,
     image: DecodedImage,
@@ -483,6 +571,13 @@ impl Worker {
                         if let Err(end) = self.pdu(&mut framed, action, &frame).await {
                             return end;
                         }
+                        // What arrived during a reactivation, in order, now that the session is active.
+                        while !self.deferred.is_empty() {
+                            let (action, frame) = self.deferred.remove(0);
+                            if let Err(end) = self.pdu(&mut framed, action, &frame).await {
+                                return end;
+                            }
+                        }
                         // The burst is over when no further complete PDU is buffered: a frame boundary.
                         if !matches!(ironrdp_pdu::find_size(framed.peek()), Ok(Some(_))) {
                             if let Err(end) = self.publish().await {
@@ -490,10 +585,11 @@ impl Worker {
                             }
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-                        return self.closed("RDP server closed the connection".into()).await
+                    // Like guacd: the connection dropped without the server saying why.
+                    Err(e) => {
+                        info!(error = %e, "RDP connection lost");
+                        return End::Fail(Failure::new(status::UPSTREAM_UNAVAILABLE, "Connection closed."));
                     }
-                    Err(e) => return self.closed(format!("Connection to the RDP server failed: {e}")).await,
                 },
                 message = self.session.control.recv::<ToWorker>() => match message {
                     Ok(Some(message)) => {
@@ -504,6 +600,11 @@ impl Worker {
                     Ok(None) => return End::Exit(0),
                     Err(error) => return End::Exit(control_failed(&error)),
                 },
+                _ = tokio::time::sleep_until(self.resize.due), if self.resize.wanted.is_some() => {
+                    if let Err(end) = self.apply_resize(&mut framed).await {
+                        return end;
+                    }
+                }
                 _ = heartbeat.tick() => {
                     if self.session.control.send(&FromWorker::Heartbeat).await.is_err() {
                         return End::Exit(1);
@@ -533,7 +634,11 @@ impl Worker {
                 }
                 ActiveStageOutput::PointerDefault => self.send(&default_cursor()).await?,
                 ActiveStageOutput::Terminate(reason) => {
-                    return Err(self.closed(format!("RDP server ended the session: {}", reason.description())).await);
+                    info!(%reason, "RDP server ended the session");
+                    return Err(match disconnect_status(&reason) {
+                        None => self.closed(format!("RDP server ended the session: {reason}")).await,
+                        Some((status, message)) => End::Fail(Failure::new(status, message)),
+                    });
                 }
                 ActiveStageOutput::DeactivateAll => self.reactivate(framed).await?,
                 ActiveStageOutput::ServerRedirection(_) => {
@@ -656,14 +761,113 @@ impl Worker {
         self.send_clipboard_messages(framed, messages).await
     }
 
+    /// Passes the client's latest size on to the server, at most once per [`RESIZE_INTERVAL`].
+    async fn apply_resize(&mut self, framed: &mut Framed) -> Result<(), End> {
+        let Some((width, height)) = self.resize.wanted else {
+            return Ok(());
+        };
+        let now = tokio::time::Instant::now();
+        let geometry = self.session.frames.geometry();
+        let bounded = (width.min(geometry.max_width), height.min(geometry.max_height));
+        // MS-RDPEDISP: 200..=8192 and an even width; the connection itself takes the same bounds.
+        let (width, height) = MonitorLayoutEntry::adjust_display_size(bounded.0, bounded.1);
+        let (width, height) = (width.min(geometry.max_width & !1), height.min(geometry.max_height));
+        let current = (u32::from(self.image.width()), u32::from(self.image.height()));
+        if (width, height) == current || (width, height) == self.resize.asked {
+            self.resize.wanted = None;
+            return Ok(());
+        }
+        match self.resize.method {
+            ResizeMethod::None => {}
+            ResizeMethod::DisplayUpdate => match self.active.encode_resize(width, height, None, None) {
+                Some(Ok(bytes)) => {
+                    info!(width, height, "Asking the RDP server for a new desktop size (display update)");
+                    self.resize.asked = (width, height);
+                    write(framed, &bytes).await?;
+                }
+                Some(Err(error)) => {
+                    warn!(error = %error.report(), width, height, "Display update not encoded; ignored")
+                }
+                None if self.active.display_control_ready().is_some() && now < self.resize.channel_deadline => {
+                    // The channel is still opening: try again in a moment, with the newest size.
+                    debug!(width, height, "Display Control channel not ready yet; resize deferred");
+                    self.resize.due = now + RESIZE_INTERVAL;
+                    return Ok(());
+                }
+                None => info!(width, height, "The RDP server opened no Display Control channel; desktop size kept"),
+            },
+            ResizeMethod::Reconnect => {
+                self.resize.wanted = None;
+                self.resize.asked = (width, height);
+                info!(width, height, "Reconnecting to the RDP server at the client's new size");
+                self.shutdown(framed).await;
+                return Err(End::Reconnect((width, height)));
+            }
+        }
+        self.resize.wanted = None;
+        self.resize.due = now + RESIZE_INTERVAL;
+        Ok(())
+    }
+
+    /// Tells the server we are leaving (best effort: the connection is dropped right after).
+    async fn shutdown(&mut self, framed: &mut Framed) {
+        if let Ok(outputs) = self.active.graceful_shutdown() {
+            for output in outputs {
+                if let ActiveStageOutput::ResponseFrame(bytes) = output {
+                    let _ = framed.write_all(&bytes).await;
+                }
+            }
+        }
+    }
+
+    /// `resize-method=reconnect`: a new connection at `size`, shown on the same surface. `Err` is the
+    /// exit code (the failure is reported).
+    async fn reconnect(&mut self, size: (u32, u32)) -> Result<Framed, i32> {
+        // A fresh clipboard channel: the old one's state belongs to the old connection.
+        let clip = self.clip.as_ref().map(|_| ClipQueue::default());
+        let (settings, addrs) = (self.settings.clone(), self.addrs.clone());
+        let connecting = negotiate(&settings, &addrs, size, self.dpi, clip.clone());
+        let (connected, resized) = self.session.serve_while(connecting).await?;
+        let (framed, result) = match connected {
+            Ok(connection) => connection,
+            Err(failure) => {
+                self.session.fail(failure.status, failure.message).await;
+                return Err(EXIT_REPORTED);
+            }
+        };
+        let desktop = result.desktop_size;
+        let (width, height) = (u32::from(desktop.width), u32::from(desktop.height));
+        info!(width, height, "Reconnected to the RDP server");
+        if let Err(e) = self.session.frames.resize(width, height) {
+            self.session.fail(status::UPSTREAM_ERROR, format!("RDP desktop size: {e}")).await;
+            return Err(EXIT_REPORTED);
+        }
+        self.image = DecodedImage::new(PixelFormat::BgrX32, desktop.width, desktop.height);
+        (self.active, self.activation) = active_stage(result);
+        self.input_state = ironrdp_input::Database::new();
+        self.buttons = 0;
+        self.clip = clip;
+        self.resize.wanted = resized;
+        self.resize.due = tokio::time::Instant::now() + RESIZE_INTERVAL;
+        self.resize.channel_deadline = tokio::time::Instant::now() + DISPLAY_CHANNEL_WAIT;
+        Ok(framed)
+    }
+
     /// The Deactivation-Reactivation sequence (the server changed the desktop, e.g. its size).
     async fn reactivate(&mut self, framed: &mut Framed) -> Result<(), End> {
         use ironrdp_connector::connection_activation::ConnectionActivationState;
         let fail = |e: ConnectorError| End::Fail(Failure::connector("reactivation", &e));
         let mut sequence = self.activation.create();
         let mut buf = ironrdp_pdu::WriteBuf::new();
+        let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
         loop {
-            ironrdp_tokio::single_sequence_step(framed, &mut sequence, &mut buf).await.map_err(fail)?;
+            let step = self.reactivation_step(framed, &mut sequence, &mut buf);
+            match tokio::time::timeout_at(deadline, step).await {
+                Err(_) => {
+                    return Err(End::Fail(Failure::new(status::UPSTREAM_TIMEOUT, "RDP reactivation timed out")));
+                }
+                Ok(result) => result.map_err(fail)?,
+            }
             if let ConnectionActivationState::Finalized {
                 desktop_size,
                 share_id,
@@ -695,6 +899,71 @@ impl Worker {
                 return Ok(());
             }
         }
+    }
+
+    /// One step of the reactivation sequence. xrdp starts drawing the resized screen before it sends
+    /// the Font Map that ends the sequence; those updates (fast-path, or slow-path data the sequence
+    /// does not expect) are kept and processed once the session is active again, instead of failing.
+    async fn reactivation_step(
+        &mut self,
+        framed: &mut Framed,
+        sequence: &mut ironrdp_connector::connection_activation::ConnectionActivationSequence,
+        buf: &mut ironrdp_pdu::WriteBuf,
+    ) -> ConnectorResult<()> {
+        use ironrdp_connector::Sequence as _;
+        buf.clear();
+        let written = if sequence.next_pdu_hint().is_some() {
+            let (action, frame) =
+                framed.read_pdu().await.map_err(|e| ironrdp_connector::custom_err!("read frame", e))?;
+            let finalizing = matches!(
+                sequence.connection_activation_state(),
+                ironrdp_connector::connection_activation::ConnectionActivationState::ConnectionFinalization { .. }
+            );
+            // The sequence cannot skip a message (a failed step leaves it consumed), so what it would
+            // refuse never reaches it.
+            if action == Action::FastPath || (finalizing && !self.is_finalization_pdu(&frame)) {
+                self.defer(action, frame)?;
+                return Ok(());
+            }
+            sequence.step(&frame, framed.last_read_at(), buf)?
+        } else {
+            sequence.step_no_input(buf)?
+        };
+        if let Some(len) = written.size() {
+            framed.write_all(&buf.filled()[..len]).await.map_err(|e| ironrdp_connector::custom_err!("write", e))?;
+        }
+        Ok(())
+    }
+
+    /// Whether the connection finalization takes this slow-path PDU (share data on the I/O channel of
+    /// the kinds it handles); everything else (drawing, pointers, channel data) waits.
+    fn is_finalization_pdu(&self, frame: &[u8]) -> bool {
+        use ironrdp_pdu::rdp::headers::ShareDataPdu;
+        let Ok(ctx) = ironrdp_pdu::mcs::decode_send_data_indication(frame) else {
+            return false;
+        };
+        if ctx.channel_id != self.activation.io_channel_id() {
+            return false;
+        }
+        matches!(
+            ironrdp_pdu::rdp::headers::decode_share_data(ctx).map(|ctx| ctx.pdu),
+            Ok(ShareDataPdu::Synchronize(_)
+                | ShareDataPdu::Control(_)
+                | ShareDataPdu::ServerSetErrorInfo(_)
+                | ShareDataPdu::MonitorLayout(_)
+                | ShareDataPdu::FontMap(_))
+        )
+    }
+
+    /// Keeps a server PDU that arrived during reactivation, up to [`MAX_DEFERRED`] bytes.
+    fn defer(&mut self, action: Action, frame: bytes::BytesMut) -> ConnectorResult<()> {
+        let held: usize = self.deferred.iter().map(|(_, f)| f.len()).sum();
+        if held + frame.len() > MAX_DEFERRED {
+            return Err(ironrdp_connector::general_err!("too much output during reactivation"));
+        }
+        debug!(?action, len = frame.len(), "PDU during reactivation kept for later");
+        self.deferred.push((action, frame));
+        Ok(())
     }
 
     /// Copies an updated rectangle from IronRDP's image into the back surface.
@@ -768,9 +1037,12 @@ impl Worker {
                     self.input(framed, operations).await?;
                 }
             }
-            ToWorker::Resize { width, height } => {
-                debug!(width, height, "Client resized; resize-method is not implemented, keeping the desktop size");
-            }
+            ToWorker::Resize { width, height } => match self.resize.method {
+                ResizeMethod::None => {
+                    debug!(width, height, "Client resized; no resize-method, keeping the desktop size")
+                }
+                _ => self.resize.wanted = Some((width, height)),
+            },
             ToWorker::Clipboard { mimetype, data, last } => self.user_clipboard(framed, &mimetype, &data, last).await?,
             // File streams are only sent to workers that ask for them.
             ToWorker::Stream(_) => {}
@@ -781,13 +1053,7 @@ impl Worker {
             }
             ToWorker::Heartbeat => self.send(&FromWorker::Heartbeat).await?,
             ToWorker::Shutdown => {
-                if let Ok(outputs) = self.active.graceful_shutdown() {
-                    for output in outputs {
-                        if let ActiveStageOutput::ResponseFrame(bytes) = output {
-                            let _ = framed.write_all(&bytes).await;
-                        }
-                    }
-                }
+                self.shutdown(framed).await;
                 return Err(End::Exit(0));
             }
             ToWorker::Start { .. } => warn!("Ignoring a second Start"),
@@ -849,6 +1115,44 @@ async fn write(framed: &mut Framed, bytes: &[u8]) -> Result<(), End> {
     })
 }
 
+/// What guacd shows for a server's disconnect reason (its `guac_rdp_client_abort`): `None` for a
+/// normal end (the user sees `disconnect` without an error), else the status and message.
+///
+/// A Disconnect Provider Ultimatum without a Set Error Info before it is mapped as FreeRDP does:
+/// "user requested" (xrdp when the user logs off) counts as `ERRINFO_LOGOFF_BY_USER`, anything else
+/// as `ERRINFO_RPC_INITIATED_DISCONNECT`. IronRDP passes a Set Error Info code on only as its
+/// description (which starts with `[`), so the known codes are matched by it.
+fn disconnect_status(reason: &GracefulDisconnectReason) -> Option<(u16, &'static str)> {
+    use ironrdp_pdu::rdp::server_error_info::{ErrorInfo, ProtocolIndependentCode as Code};
+    const FORCIBLY: Option<(u16, &str)> = Some((status::SESSION_CLOSED, "Forcibly disconnected."));
+    let description = match reason {
+        GracefulDisconnectReason::UserInitiated => return None,
+        GracefulDisconnectReason::ServerInitiated => return FORCIBLY,
+        GracefulDisconnectReason::Other(description) if !description.starts_with('[') => return FORCIBLY,
+        GracefulDisconnectReason::Other(description) => description,
+    };
+    let table: [(Code, Option<(u16, &'static str)>); 11] = [
+        (Code::None, None),
+        (Code::RpcInitiatedDisconnect, FORCIBLY),
+        (Code::RpcInitiatedLogoff, Some((status::SESSION_CLOSED, "Logged off."))),
+        (Code::IdleTimeout, Some((status::SESSION_TIMEOUT, "Idle session time limit exceeded."))),
+        (Code::LogonTimeout, Some((status::SESSION_CLOSED, "Active session time limit exceeded."))),
+        (Code::DisconnectedByOtherconnection, Some((status::SESSION_CONFLICT, "Disconnected by other connection."))),
+        (Code::OutOfMemory, Some((status::UPSTREAM_UNAVAILABLE, "Server refused connection."))),
+        (Code::ServerDeniedConnection, Some((status::UPSTREAM_UNAVAILABLE, "Server refused connection."))),
+        (Code::ServerInsufficientPrivileges, Some((status::CLIENT_FORBIDDEN, "Insufficient privileges."))),
+        (Code::ServerFreshCredentialsRequired, Some((status::CLIENT_FORBIDDEN, "Credentials expired."))),
+        (Code::RpcInitiatedDisconnectByuser, None),
+    ];
+    if *description == ErrorInfo::ProtocolIndependentCode(Code::LogoffByUser).description() {
+        return None;
+    }
+    table
+        .into_iter()
+        .find(|(code, _)| *description == ErrorInfo::ProtocolIndependentCode(*code).description())
+        .map_or(Some((status::UPSTREAM_ERROR, "Upstream error.")), |(_, outcome)| outcome)
+}
+
 /// The formats we announce: text when the user's clipboard holds some, else none.
 fn text_formats(has_text: bool) -> Vec<ClipboardFormat> {
     if has_text {
@@ -889,4 +1193,38 @@ fn default_cursor() -> FromWorker {
         }
     }
     FromWorker::Cursor { hotspot_x: 0, hotspot_y: 0, width: 11, height: 16, bgra }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ironrdp_pdu::rdp::server_error_info::{ErrorInfo, ProtocolIndependentCode as Code};
+
+    fn info(code: Code) -> GracefulDisconnectReason {
+        GracefulDisconnectReason::Other(ErrorInfo::ProtocolIndependentCode(code).description())
+    }
+
+    #[test]
+    fn server_disconnects_map_to_guacd_statuses() {
+        // xrdp's logoff: an ultimatum "user requested" alone is a normal end, as in guacd.
+        assert_eq!(disconnect_status(&GracefulDisconnectReason::UserInitiated), None);
+        assert_eq!(
+            disconnect_status(&GracefulDisconnectReason::ServerInitiated),
+            Some((523, "Forcibly disconnected."))
+        );
+        assert_eq!(disconnect_status(&info(Code::LogoffByUser)), None);
+        assert_eq!(disconnect_status(&info(Code::RpcInitiatedDisconnectByuser)), None);
+        assert_eq!(disconnect_status(&info(Code::RpcInitiatedLogoff)), Some((523, "Logged off.")));
+        assert_eq!(disconnect_status(&info(Code::IdleTimeout)), Some((522, "Idle session time limit exceeded.")));
+        assert_eq!(
+            disconnect_status(&info(Code::DisconnectedByOtherconnection)),
+            Some((521, "Disconnected by other connection."))
+        );
+        assert_eq!(disconnect_status(&info(Code::ServerDeniedConnection)), Some((520, "Server refused connection.")));
+        assert_eq!(
+            disconnect_status(&info(Code::ServerInsufficientPrivileges)),
+            Some((771, "Insufficient privileges."))
+        );
+        assert_eq!(disconnect_status(&info(Code::ServerShutdown)), Some((515, "Upstream error.")));
+    }
 }
