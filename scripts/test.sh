@@ -16,7 +16,9 @@ log() { echo "test.sh: $*" >&2; }
 # chromium and xclip: the web client's browser tests (tests/tests/web.rs) and the X clipboard they check;
 # chromium is also the rbi worker's browser (tests/tests/rbi.rs).
 # bsdutils: scriptreplay, which plays back SSH typescripts (tests/tests/ssh.rs).
-scripts/peers.sh install nasm chromium xclip openssl bsdutils
+# libturbojpeg0-dev and pkg-config: guac-display's JPEG encoder links Debian's libjpeg-turbo (turbojpeg crate).
+# fonts-wqy-microhei: the SSH worker's CJK fallback font (tests/tests/ssh.rs, worker-ssh's font tests).
+scripts/peers.sh install nasm chromium xclip openssl bsdutils libturbojpeg0-dev pkg-config fonts-wqy-microhei
 # The unprivileged user guacr's workers run as (the tests run guacr as root).
 scripts/setup.sh
 
