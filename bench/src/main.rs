@@ -54,7 +54,8 @@ struct Args {
     /// Repetitions of each measurement; the table shows medians.
     #[arg(long, default_value_t = 3)]
     repeat: usize,
-    /// Workloads, comma-separated (by name or letter): scroll (a), fullscreen (b), idle (c), still.
+    /// Workloads, comma-separated (by name or letter): scroll (a), log (a2), fullscreen (b), idle (c), still,
+    /// and the SSH, RDP, RBI and sharing workloads of BENCHMARKS.md.
     #[arg(long, default_value = "scroll,fullscreen,idle", value_delimiter = ',')]
     workloads: Vec<String>,
     /// guacr display modes to compare (`--display-mode`), comma-separated; ratios are against the last.

@@ -1,5 +1,5 @@
 //! VNC workloads against the real peers of `scripts/peers.sh`: (a) scrolling text in the typing xterm,
-//! (b) the changing peer's whole root recoloured as fast as frames arrive, (c) the changing peer as it is
+//! (a2) the same xterm scrolling at a readable rate (a followed log), (b) the changing peer's whole root recoloured as fast as frames arrive, (c) the changing peer as it is
 //! (a clock and `top`), and `still`: the static peer (:52), where nothing changes at all, for the idle
 //! cost of a session. Probes: a marker painted on the root (`xsetroot`), and on (a) a key press until
 //! its glyph shows in the quiet xterm; `still` has none (the static peer is shared with the tests and is
@@ -25,16 +25,32 @@ const BACKSPACE: u32 = 0xff08;
 /// The typing xterm's first text line after `clear` (80x24 DejaVu Sans Mono 14 at +0+0): where a typed
 /// glyph appears right after the prompt.
 const KEY_AREA: (u32, u32, u32, u32) = (0, 0, 400, 30);
+/// Quiet time before each paced key probe: a typist's 5–7 keys per second. Xtigervnc sends updates on a
+/// frame clock that keeps ticking (1/FrameRate) while changes come and stops after an empty tick; a key
+/// pressed while it runs waits for the next tick, one pressed after a pause starts it at half a period.
+const KEY_PAUSE: Duration = Duration::from_millis(150);
+/// Workload a2's pace: a line every 5 ms (200 lines/s, a busy log followed with `tail -f`).
+const LOG_LINE_EVERY: Duration = Duration::from_millis(5);
 
 /// The VNC workloads, for the registry.
 pub fn workloads() -> Vec<Box<dyn Workload>> {
-    vec![Box::new(Vnc::Scroll), Box::new(Vnc::Fullscreen), Box::new(Vnc::Idle), Box::new(Vnc::Still)]
+    vec![
+        Box::new(Vnc::Scroll),
+        Box::new(Vnc::Log),
+        Box::new(Vnc::Fullscreen),
+        Box::new(Vnc::Idle),
+        Box::new(Vnc::Still),
+    ]
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Vnc {
-    /// (a) `seq` flooding the typing peer's xterm: scrolling text.
+    /// (a) `seq` flooding the typing peer's xterm: scrolling text. xterm jump-scrolls whole screens at
+    /// a time, so every frame is new text.
     Scroll,
+    /// (a2) scrolling at a readable rate, like following a log: one line every [`LOG_LINE_EVERY`] in the
+    /// typing peer's xterm, which then scrolls line by line (the content the client has moves up).
+    Log,
     /// (b) the changing peer's whole root recoloured (a plaid) as fast as the frames arrive.
     Fullscreen,
     /// (c) the changing peer as it is: a clock and `top`.
@@ -47,7 +63,7 @@ enum Vnc {
 impl Vnc {
     fn peer(self) -> peers::VncPeer {
         match self {
-            Vnc::Scroll => peers::typing(),
+            Vnc::Scroll | Vnc::Log => peers::typing(),
             Vnc::Fullscreen | Vnc::Idle => peers::changing(),
             Vnc::Still => peers::static_screen(),
         }
@@ -68,6 +84,7 @@ impl Workload for Vnc {
     fn name(&self) -> &'static str {
         match self {
             Vnc::Scroll => "a scroll",
+            Vnc::Log => "a2 log",
             Vnc::Fullscreen => "b fullscreen",
             Vnc::Idle => "c idle",
             Vnc::Still => "still",
@@ -77,6 +94,7 @@ impl Workload for Vnc {
     fn aliases(&self) -> &'static [&'static str] {
         match self {
             Vnc::Scroll => &["scroll", "a"],
+            Vnc::Log => &["log", "a2"],
             Vnc::Fullscreen => &["fullscreen", "b"],
             Vnc::Idle => &["idle", "c"],
             Vnc::Still => &["still"],
@@ -116,6 +134,17 @@ impl Workload for Vnc {
                 ctx.probe().send_mouse(x, y, 0).await?;
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 ctx.probe().type_text("clear; seq 1 1000000000\n").await?;
+            }
+            if *self == Vnc::Log {
+                let (x, y) = peers::typing_pointer();
+                ctx.probe().send_mouse(x, y, 0).await?;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                // perl (Debian's perl-base, always installed) rather than a shell loop: no process per line.
+                let secs = LOG_LINE_EVERY.as_secs_f64();
+                let cmd = format!(
+                    "clear; perl -e '$|=1; for($i=1;;$i++){{print \"$i log line\\n\"; select(undef,undef,undef,{secs})}}'\n"
+                );
+                ctx.probe().type_text(&cmd).await?;
             }
             Ok(())
         })
@@ -157,10 +186,18 @@ impl Workload for Vnc {
             }
             if *self == Vnc::Scroll {
                 // Key to glyph: stop the flood, clear, then type single characters into the quiet xterm.
+                // "key": at a typist's pace (KEY_PAUSE before each), so every press finds Xtigervnc idle.
+                // "key-rapid": each press as soon as the previous glyph was erased, i.e. while the server's
+                // frame clock (FrameRate, 60/s) is still running: up to one frame period (16.7 ms) more.
                 quiet_xterm(ctx.probe()).await?;
                 for k in 0..ctx.probes {
                     let key = u32::from(b'a' + (k % 26) as u8);
+                    tokio::time::sleep(KEY_PAUSE).await;
                     lat.record("key", key_to_glyph(ctx.probe(), key).await?);
+                }
+                for k in 0..ctx.probes {
+                    let key = u32::from(b'a' + (k % 26) as u8);
+                    lat.record("key-rapid", key_to_glyph(ctx.probe(), key).await?);
                 }
             }
             Ok(lat)
@@ -170,7 +207,7 @@ impl Workload for Vnc {
     fn stop<'a>(&'a self, ctx: &'a Ctx<'a>) -> BoxFut<'a, ()> {
         Box::pin(async move {
             // Always stop the flood, also after a failed measurement, so the typing peer is left quiet.
-            if *self == Vnc::Scroll {
+            if matches!(self, Vnc::Scroll | Vnc::Log) {
                 let _ = quiet_xterm(ctx.probe()).await;
             }
         })

@@ -92,6 +92,7 @@ pub enum PngPixels<'a> {
 /// as they are).
 pub fn png(width: u32, height: u32, pixels: PngPixels<'_>, out: &mut Vec<u8>) {
     out.clear();
+    let mut packed = Vec::new();
     let mut encoder = png::Encoder::new(&mut *out, width, height);
     encoder.set_depth(png::BitDepth::Eight);
     encoder.set_compression(png::Compression::Fast);
@@ -110,12 +111,52 @@ pub fn png(width: u32, height: u32, pixels: PngPixels<'_>, out: &mut Vec<u8>) {
             encoder.set_color(png::ColorType::Indexed);
             encoder.set_palette(p.rgb.clone());
             encoder.set_filter(png::Filter::NoFilter);
-            &p.indices
+            // Few colours (text: foreground, background and a few greys) pack 2, 4 or 8 pixels per byte:
+            // deflate, the dearest step, then reads a half to an eighth of the bytes.
+            let depth = match p.rgb.len() / 3 {
+                0..=2 => 1,
+                3..=4 => 2,
+                5..=16 => 4,
+                _ => 8,
+            };
+            if depth < 8 {
+                encoder.set_depth(match depth {
+                    1 => png::BitDepth::One,
+                    2 => png::BitDepth::Two,
+                    _ => png::BitDepth::Four,
+                });
+                pack_indices(&p.indices, width as usize, depth, &mut packed);
+                &packed
+            } else {
+                &p.indices
+            }
         }
     };
     // Writing into a Vec cannot fail and the dimensions match the data by construction.
     if let Ok(mut writer) = encoder.write_header() {
         let _ = writer.write_image_data(data);
+    }
+}
+
+/// Packs 8-bit palette indices (all below `1 << depth`) into PNG rows of `depth`-bit samples, the first
+/// pixel in the high bits, each row padded to a whole byte.
+pub fn pack_indices(indices: &[u8], width: usize, depth: usize, out: &mut Vec<u8>) {
+    out.clear();
+    if width == 0 {
+        return;
+    }
+    let per_byte = 8 / depth;
+    out.reserve(indices.len() / width * width.div_ceil(per_byte));
+    for row in indices.chunks_exact(width) {
+        let mut chunks = row.chunks_exact(per_byte);
+        for c in &mut chunks {
+            out.push(c.iter().fold(0u8, |acc, &i| (acc << depth) | i));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let b = rest.iter().fold(0u8, |acc, &i| (acc << depth) | i);
+            out.push(b << (depth * (per_byte - rest.len())));
+        }
     }
 }
 
@@ -230,6 +271,33 @@ mod tests {
         let p = palette(&[0, 0, 255, 0, 0, 255, 0, 0]).unwrap();
         png(2, 1, PngPixels::Indexed(&p), &mut out);
         assert_eq!(&decode(&out)[..6], &[255, 0, 0, 0, 255, 0]);
+    }
+
+    /// Palettes of 2, 4, 16 and 17 colours (1, 2, 4 and 8 bits per pixel) at widths that leave a partial
+    /// last byte per row decode to exactly the source pixels.
+    #[test]
+    fn palette_png_round_trips_at_every_bit_depth() {
+        for colours in [1u32, 2, 3, 4, 5, 16, 17] {
+            for (w, h) in [(1u32, 1u32), (7, 3), (9, 2), (13, 5), (64, 4)] {
+                let bgrx: Vec<u8> = (0..w * h)
+                    .flat_map(|i| {
+                        let c = (i * 7 + i / w) % colours;
+                        [(c * 13) as u8, (c * 5) as u8, 255 - c as u8, 0]
+                    })
+                    .collect();
+                let p = palette(&bgrx).unwrap();
+                let mut out = Vec::new();
+                png(w, h, PngPixels::Indexed(&p), &mut out);
+                let mut decoder = png::Decoder::new(std::io::Cursor::new(out));
+                decoder.set_transformations(png::Transformations::EXPAND);
+                let mut reader = decoder.read_info().unwrap();
+                let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+                let info = reader.next_frame(&mut buf).unwrap();
+                assert_eq!(info.color_type, png::ColorType::Rgb, "{colours} colours");
+                let want: Vec<u8> = bgrx.chunks_exact(4).flat_map(|p| [p[2], p[1], p[0]]).collect();
+                assert_eq!(&buf[..want.len()], &want[..], "{colours} colours, {w}x{h}");
+            }
+        }
     }
 
     #[test]

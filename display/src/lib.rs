@@ -60,6 +60,26 @@ const UNKNOWN: u64 = 0;
 pub trait Source {
     /// BGRX pixels of `rect` (which lies inside the frame), rows packed at `rect.w * 4` bytes, into `dst`.
     fn read_rect(&self, rect: Rect, dst: &mut Vec<u8>);
+
+    /// BGRX pixels of `rect` into `dst`, row `i` at `dst[i * stride..][..rect.w * 4]` (`dst` is long enough).
+    /// The planner reads each damaged pixel once this way, into a frame-sized scratch buffer that hashing and
+    /// encoding then share; a source that can copy rows in place (shared memory) should override it, the
+    /// default goes through [`Source::read_rect`].
+    fn read_rect_strided(&self, rect: Rect, dst: &mut [u8], stride: usize) {
+        let mut packed = Vec::new();
+        self.read_rect(rect, &mut packed);
+        let row = rect.w as usize * 4;
+        for (i, r) in packed.chunks_exact(row.max(1)).enumerate() {
+            dst[i * stride..][..row].copy_from_slice(r);
+        }
+    }
+}
+
+thread_local! {
+    /// One frame-sized BGRX scratch buffer per encoder thread (not per user: it only lives for one
+    /// [`Planner::encode_frame`] call), laid out at the frame's width: what `hash_tiles` read, `image`
+    /// encodes, so every damaged pixel crosses shared memory once.
+    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// What changed in a frame.
@@ -148,6 +168,8 @@ pub struct Planner {
     flags: Vec<u8>,
     solid: Vec<Option<[u8; 3]>>,
     buf: Vec<u8>,
+    /// This call's pixels of the hashed tiles (see [`SCRATCH`]); empty between calls.
+    frame: Vec<u8>,
     conv: Vec<u8>,
     encoded: Vec<u8>,
     /// This frame's dirty rectangles (clipped to the frame); `None` when the whole frame counts as dirty.
@@ -269,6 +291,20 @@ impl Planner {
         if s.naive {
             return naive::encode_naive(self, src, d, out);
         }
+        self.frame = SCRATCH.take();
+        let st = self.encode_planned(src, d, s, now, out);
+        SCRATCH.set(std::mem::take(&mut self.frame));
+        st
+    }
+
+    fn encode_planned(
+        &mut self,
+        src: &dyn Source,
+        d: &Damage<'_>,
+        s: &Settings,
+        now: Instant,
+        out: &mut BytesMut,
+    ) -> Stats {
         let mut st = Stats::default();
         let resized = (self.width, self.height) != (d.width, d.height);
         if resized {
@@ -277,6 +313,11 @@ impl Planner {
         }
         if self.cols == 0 || self.rows == 0 {
             return st;
+        }
+        // Only growth is zeroed; stale pixels elsewhere are never read (only hashed tiles are).
+        let need = self.width as usize * self.height as usize * 4;
+        if self.frame.len() < need {
+            self.frame.resize(need, 0);
         }
         self.flags.clear();
         self.flags.resize((self.cols * self.rows) as usize, 0);
@@ -311,7 +352,10 @@ impl Planner {
             }
         }
         self.find_changed();
-        if !resized {
+        // A frame with copy hints comes from a server that reports its scrolls itself (Xtigervnc's
+        // CopyRect): searching for another costs more than it finds there (a followed log: every frame).
+        let hinted = d.ops.iter().any(|op| matches!(op, DamageOp::Copy { .. }));
+        if !resized && !hinted {
             if let Some(sc) = self.detect_scroll() {
                 self.apply_scroll(sc, out);
                 st.scrolls += 1;
@@ -399,7 +443,13 @@ impl Planner {
         // Lossy pixels copied, or a lossy tile partly overwritten: repaint the destination's tiles.
         // Tiles forced earlier in this frame still show copied lossy pixels: they count as lossy.
         let lossy = self.any_lossy(src) || self.any_flag(src, FORCE) || self.any_lossy(dst);
-        self.mark(dst, if lossy { REHASH | FORCE } else { REHASH });
+        if lossy {
+            self.mark(dst, REHASH | FORCE);
+        }
+        // Otherwise nothing is hashed now: where whole segments moved the hashes moved with them, and a
+        // segment only partly covered stays unknown until damage touches its tile (then it is hashed and
+        // the damage painted, as for any damage). Rehashing the destination instead cost more than the
+        // rest of the frame on a terminal scrolling line by line (every frame hashed the whole text area).
         true
     }
 
@@ -422,16 +472,17 @@ impl Planner {
                 let x = c0 * TILE;
                 let y = row * TILE;
                 let band = Rect::new(x, y, (c * TILE).min(self.width) - x, TILE.min(self.height - y));
-                src.read_rect(band, &mut self.buf);
-                let stride = band.w as usize * 4;
+                let stride = self.width as usize * 4;
+                let base = y as usize * stride + x as usize * 4;
+                src.read_rect_strided(band, &mut self.frame[base..], stride);
                 for tc in c0..c {
                     let t = (row * self.cols + tc) as usize;
-                    let off = (tc - c0) as usize * TILE as usize * 4;
+                    let off = base + (tc - c0) as usize * TILE as usize * 4;
                     let seg_bytes = ((tc * TILE + TILE).min(self.width) - tc * TILE) as usize * 4;
-                    let first: [u8; 3] = [self.buf[off], self.buf[off + 1], self.buf[off + 2]];
+                    let first: [u8; 3] = [self.frame[off], self.frame[off + 1], self.frame[off + 2]];
                     let mut solid = true;
                     for i in 0..band.h as usize {
-                        let bytes = &self.buf[i * stride + off..][..seg_bytes];
+                        let bytes = &self.frame[i * stride + off..][..seg_bytes];
                         self.next[(y as usize + i) * cols + tc as usize] = seg_hash(bytes);
                         solid = solid && bytes.chunks_exact(4).all(|p| p[..3] == first);
                     }
@@ -727,12 +778,29 @@ impl Planner {
             (tr.r0..tr.r1).flat_map(|r| (tr.c0..tr.c1).map(move |c| (r * cols + c) as usize)).collect();
         let fast = tiles.iter().filter(|t| self.tiles[**t].streak >= FAST_STREAK).count() * 2 > tiles.len();
         // Outside the damage the client already shows the frame's pixels exactly, unless a tile shows lossy
-        // pixels (or copied ones): then the whole tiles go out. A JPEG candidate also keeps whole tiles,
-        // whose exact pixels the refresh needs.
-        let exact = !fast && tiles.iter().all(|t| self.flags[*t] & FORCE == 0 && !self.lossy.contains_key(t));
-        let rect = if exact { self.damage_within(whole).unwrap_or(whole) } else { whole };
+        // pixels (or copied ones): then the whole tiles go out. A JPEG candidate (fast-changing, and the
+        // client takes JPEG) also keeps whole tiles, whose exact pixels the refresh needs, unless its damage
+        // has few colours (text: a followed log's last lines change every frame), which goes out lossless
+        // anyway: then only the damage.
+        let clean = tiles.iter().all(|t| self.flags[*t] & FORCE == 0 && !self.lossy.contains_key(t));
+        let hashed = tiles.iter().all(|t| self.flags[*t] & HASHED != 0);
+        let damage = self.damage_within(whole).unwrap_or(whole);
         let mut pixels = std::mem::take(&mut self.buf);
-        src.read_rect(rect, &mut pixels);
+        let rect = if !clean {
+            whole
+        } else if !(fast && s.jpeg) {
+            damage
+        } else {
+            self.read_pixels(src, damage, hashed, &mut pixels);
+            if image::palette(&pixels).is_some() {
+                damage
+            } else {
+                whole
+            }
+        };
+        if !(clean && fast && s.jpeg && rect == damage) {
+            self.read_pixels(src, rect, hashed, &mut pixels);
+        }
         let lossy = self.encode_image(rect, &pixels, s, fast, out, st);
         for t in tiles {
             if lossy {
@@ -749,6 +817,21 @@ impl Planner {
             }
         }
         self.buf = pixels;
+    }
+
+    /// BGRX of `rect` into `pixels`: from this call's copy when every tile under it was hashed (painted tiles
+    /// always are), else from the source.
+    fn read_pixels(&self, src: &dyn Source, rect: Rect, hashed: bool, pixels: &mut Vec<u8>) {
+        if hashed {
+            let stride = self.width as usize * 4;
+            pixels.clear();
+            for i in 0..rect.h as usize {
+                let off = (rect.y as usize + i) * stride + rect.x as usize * 4;
+                pixels.extend_from_slice(&self.frame[off..][..rect.w as usize * 4]);
+            }
+        } else {
+            src.read_rect(rect, pixels);
+        }
     }
 
     /// The bounding box of this frame's dirty rectangles within `r` (`None`: the whole frame is dirty, or

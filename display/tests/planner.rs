@@ -286,6 +286,58 @@ proptest! {
     }
 }
 
+/// A CopyRect scroll as Xtigervnc sends it for a terminal: a region whose left edge is a tile edge
+/// (sometimes also whole tiles wide, so whole row segments move) scrolls up or down by a few rows with a
+/// `Copy` hint, and the uncovered strip is painted and reported dirty after it.
+fn hinted_scroll(s: &mut Surface, rng: &mut Rng) -> Vec<DamageOp> {
+    let x = 64 * rng.below(s.w.div_ceil(64));
+    let room = s.w - x;
+    let w = if rng.below(2) == 0 { room.min(64 * (1 + rng.below(room.div_ceil(64)))) } else { 1 + rng.below(room) };
+    let y = rng.below(s.h);
+    let h = 1 + rng.below(s.h - y);
+    if h < 2 {
+        let r = Rect::new(x, y, w, h);
+        s.paint(r, rng);
+        return vec![DamageOp::Dirty(r)];
+    }
+    let dy = 1 + rng.below(h - 1);
+    let (src_y, dst, strip) = if rng.below(3) > 0 {
+        (y + dy, Rect::new(x, y, w, h - dy), Rect::new(x, y + h - dy, w, dy))
+    } else {
+        (y, Rect::new(x, y + dy, w, h - dy), Rect::new(x, y, w, dy))
+    };
+    s.copy(x, src_y, dst);
+    s.paint(strip, rng);
+    vec![DamageOp::Copy { src_x: x, src_y, dst }, DamageOp::Dirty(strip)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Hinted scrolls whose segments move whole (their hashes move instead of being recomputed), mixed
+    /// with random frames: the client still shows exactly the surface after every frame.
+    #[test]
+    fn hinted_scrolls_composite_to_the_surface(
+        seed in any::<u64>(), w in 1u32..300, h in 1u32..260, frames in 1usize..10
+    ) {
+        let mut rng = Rng(seed | 1);
+        let mut s = Surface::new(w, h, &mut rng);
+        let mut p = Planner::new();
+        let set = Settings::default();
+        let mut wire = BytesMut::new();
+        let t0 = Instant::now();
+        p.encode_frame(&s, &Damage { width: w, height: h, ops: &[], full: true }, &set, t0, &mut wire);
+        for i in 0..frames {
+            // One kind per frame: a copy hint must never read pixels dirtied earlier in its frame (the
+            // worker turns those into `Dirty`), which mixing the two generators could break.
+            let ops = if rng.below(4) == 0 { random_frame(&mut s, &mut rng) } else { hinted_scroll(&mut s, &mut rng) };
+            // 10 ms apart: the strips become fast-changing tiles, as a followed log's last line does.
+            frame(&mut p, &s, &ops, &set, t0 + Duration::from_millis(10 * (i as u64 + 1)), &mut wire);
+            assert_exact(&composite(&wire), &s, &format!("frame {i} after {ops:?}"));
+        }
+    }
+}
+
 /// A text-like surface: dark strokes on white, every line different.
 fn text_surface(w: u32, h: u32) -> Surface {
     let mut s = Surface { w, h, px: vec![0; (w * h * 4) as usize] };

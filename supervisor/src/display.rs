@@ -77,6 +77,14 @@ impl Source for ShmSource<'_> {
     fn read_rect(&self, rect: Rect, dst: &mut Vec<u8>) {
         self.reader.read_rect(self.frame, rect, dst);
     }
+
+    fn read_rect_strided(&self, rect: Rect, dst: &mut [u8], stride: usize) {
+        // Row by row straight into the planner's scratch frame: one copy out of shared memory, no zeroing.
+        let row = rect.w as usize * 4;
+        for i in 0..rect.h {
+            self.reader.read_row(self.frame, rect, i, &mut dst[i as usize * stride..][..row]);
+        }
+    }
 }
 
 /// Appends everything a client that shows nothing needs to show `frame` (a joining user, a user being

@@ -14,6 +14,7 @@ use std::time::Duration;
 use shm_proto::control::{CLIPBOARD_CHUNK, MAX_CURSOR_SIDE};
 use shm_proto::{FromWorker, ToWorker};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout};
 use tracing::{debug, info, warn};
@@ -224,7 +225,7 @@ impl Worker {
         let mut buf = vec![0u8; READ_CHUNK];
         let mut heartbeat = heartbeat_timer();
         loop {
-            if let Err(end) = self.decode().await {
+            if let Err(end) = self.decode(&mut writer).await {
                 return end;
             }
             let pending = !self.client.pending_output().is_empty();
@@ -269,14 +270,32 @@ impl Worker {
     }
 
     /// Handles every event the buffered input produces.
-    async fn decode(&mut self) -> Result<(), End> {
+    async fn decode(&mut self, writer: &mut OwnedWriteHalf) -> Result<(), End> {
         loop {
             let stride = self.session.frames.stride();
             let polled = self.client.poll(&mut Surface::new(self.session.frames.back_mut(), stride));
             match polled {
+                Ok(Some(Event::UpdateEnd)) => {
+                    // The client queued the next FramebufferUpdateRequest at the update's end: put it on the
+                    // wire before publishing (which may wait on the control socket), so the server never
+                    // holds a change back for want of a request. What does not fit now goes in `serve`.
+                    self.flush_now(writer);
+                    self.publish().await?;
+                }
                 Ok(Some(event)) => self.event(event).await?,
                 Ok(None) => return Ok(()),
                 Err(e) => return Err(End::Fail(Failure::rfb(&e))),
+            }
+        }
+    }
+
+    /// Writes what the socket takes without waiting; the rest stays pending for the `select!` in `serve`.
+    fn flush_now(&mut self, writer: &mut OwnedWriteHalf) {
+        while !self.client.pending_output().is_empty() {
+            match writer.try_write(self.client.pending_output()) {
+                Ok(n) if n > 0 => self.client.consume_output(n),
+                // Would block, or an error the next write in `serve` reports.
+                _ => break,
             }
         }
     }
