@@ -16,7 +16,7 @@ scripts/peers.sh install nasm libturbojpeg0-dev pkg-config
 # The unprivileged user guacr's workers run as when guacr runs as root.
 scripts/setup.sh
 scripts/web-deps.sh
-command -v cargo >/dev/null || { log "error: cargo not found; install a Rust toolchain (Rust >= 1.89)"; exit 1; }
+command -v cargo >/dev/null || { log "error: cargo not found; install a Rust toolchain (Rust >= 1.94)"; exit 1; }
 PROFILE=${GUACR_DEMO_PROFILE:-release}
 CARGO_TARGET_DIR=$(scripts/target-dir.sh)
 export CARGO_TARGET_DIR

@@ -23,7 +23,7 @@ scripts/peers.sh install nasm chromium xclip openssl bsdutils libturbojpeg0-dev 
 scripts/setup.sh
 
 if ! command -v cargo >/dev/null 2>&1; then
-  log "error: cargo not found; install a Rust toolchain (rustup, Rust >= 1.89) and put cargo on PATH"
+  log "error: cargo not found; install a Rust toolchain (rustup, Rust >= 1.94) and put cargo on PATH"
   exit 1
 fi
 log "$(cargo --version)"

@@ -37,6 +37,10 @@ pub const MAX_MIMETYPE: usize = 255;
 pub const TYPESCRIPT_CHUNK: usize = 64 * 1024;
 /// Longest `ack` message, in bytes.
 pub const MAX_ACK_MESSAGE: usize = 255;
+/// Parameter the supervisor adds to [`ToWorker::Start`]: the audio mimetypes the client listed in its
+/// handshake, separated by spaces (empty or absent: none). Not a guacd parameter; the supervisor replaces
+/// any value of that name the connection supplied.
+pub const AUDIO_MIMETYPES_PARAM: &str = "guacr-audio-mimetypes";
 
 /// Connection parameters (guacd names and values). `Debug` redacts secrets.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,6 +56,27 @@ impl Params {
     pub fn flag(&self, name: &str) -> bool {
         self.get(name) == Some("true")
     }
+}
+
+/// The value of [`AUDIO_MIMETYPES_PARAM`] for the mimetypes a client listed: those that are printable
+/// ASCII without spaces and at most [`MAX_MIMETYPE`] bytes, separated by spaces.
+pub fn encode_audio_mimetypes(listed: &[String]) -> String {
+    let valid =
+        listed.iter().filter(|m| m.len() <= MAX_MIMETYPE && !m.is_empty() && m.bytes().all(|b| b.is_ascii_graphic()));
+    valid.map(String::as_str).collect::<Vec<_>>().join(" ")
+}
+
+/// The client's audio mimetypes from a worker's parameters (see [`encode_audio_mimetypes`]).
+pub fn decode_audio_mimetypes(params: &Params) -> Vec<String> {
+    params.get(AUDIO_MIMETYPES_PARAM).map(|v| v.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// Whether a client that listed `listed` in its handshake plays an `audio` stream of `mimetype`: it
+/// listed that exact mimetype, or its type without parameters (`audio/L16` takes `audio/L16;rate=44100,
+/// channels=2`), as guacd decides.
+pub fn client_accepts_audio(listed: &[String], mimetype: &str) -> bool {
+    let base = mimetype.split(';').next().unwrap_or(mimetype);
+    listed.iter().any(|m| m == mimetype || (!m.contains(';') && m == base))
 }
 
 fn is_secret(name: &str) -> bool {
@@ -161,6 +186,10 @@ pub enum StreamFromWorker {
     File { stream: u32, mimetype: String, name: String },
     /// Data on the worker's open stream, at most [`STREAM_CHUNK`] bytes.
     Blob { stream: u32, data: Vec<u8> },
+    /// Opens the worker's stream `stream` as sound (`audio`) in `mimetype`, one the client listed in its
+    /// handshake ([`AUDIO_MIMETYPES_PARAM`]). Its blobs are not acknowledged by clients, so they are not
+    /// held to [`STREAM_WINDOW`]; the supervisor drops them instead while the client is behind.
+    Audio { stream: u32, mimetype: String },
     /// The worker's stream is complete (`end`).
     End { stream: u32 },
     /// The worker gives up its stream with a Guacamole status (a refused or failed download). On the wire:
@@ -328,6 +357,24 @@ mod tests {
         let p = Params(vec![("read-only".into(), "true".into()), ("port".into(), "".into())]);
         assert!(p.flag("read-only"));
         assert_eq!(p.get("port"), None);
+    }
+
+    #[test]
+    fn audio_mimetypes_travel_as_a_parameter_and_match_like_guacd() {
+        let listed = vec!["audio/L8".to_string(), "audio/L16".into(), "bad type".into(), "x\ny".into()];
+        let value = encode_audio_mimetypes(&listed);
+        assert_eq!(value, "audio/L8 audio/L16");
+        let params = Params(vec![(AUDIO_MIMETYPES_PARAM.into(), value)]);
+        let decoded = decode_audio_mimetypes(&params);
+        assert_eq!(decoded, ["audio/L8", "audio/L16"]);
+        assert!(client_accepts_audio(&decoded, "audio/L16;rate=44100,channels=2"));
+        assert!(client_accepts_audio(&decoded, "audio/L16"));
+        assert!(!client_accepts_audio(&decoded, "audio/ogg"));
+        let exact = vec!["audio/L16;rate=22050,channels=1".to_string()];
+        assert!(client_accepts_audio(&exact, "audio/L16;rate=22050,channels=1"));
+        assert!(!client_accepts_audio(&exact, "audio/L16;rate=44100,channels=2"));
+        assert!(!client_accepts_audio(&exact, "audio/L16"));
+        assert!(decode_audio_mimetypes(&Params::default()).is_empty());
     }
 
     #[tokio::test]

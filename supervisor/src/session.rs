@@ -196,9 +196,14 @@ async fn run_owner(
     let _active = shared.metrics.session_started(protocol.name());
     info!(protocol = protocol.name(), width = request.width, height = request.height, "Connection ready");
     let params = Params(request.params.clone());
+    // The worker learns which sound the client plays through a parameter only the supervisor sets.
+    let mut worker_params = params.clone();
+    worker_params.0.retain(|(name, _)| name != shm_proto::control::AUDIO_MIMETYPES_PARAM);
+    let audio = shm_proto::control::encode_audio_mimetypes(&request.audio);
+    worker_params.0.push((shm_proto::control::AUDIO_MIMETYPES_PARAM.into(), audio));
     let start = ToWorker::Start {
         session_id: connection_id.to_string(),
-        params: params.clone(),
+        params: worker_params,
         width: request.width,
         height: request.height,
         dpi: request.dpi,
@@ -220,6 +225,7 @@ async fn run_owner(
     let owner_id = format!("@{}", uuid::Uuid::new_v4());
     let owner = User::new(0, owner_id, &request, params.flag("read-only"), owner_writer, None);
     let mut session = Session::new(protocol, params, shared, owner, recorder);
+    session.streams.set_client_audio(request.audio.clone());
     let result = session.run(reader, &mut child, &control, frames, joins).await;
     session.end_joiners(&result);
     *writer = session.take_owner_writer();
@@ -1403,11 +1409,13 @@ impl<'a> Session<'a> {
             // File streams and objects are the owner's (as guacd exposes its filesystem to the owner).
             FromWorker::Stream(event) => {
                 let mut out = BytesMut::new();
+                // Sound for a client that is behind is dropped (after the checks), never queued.
+                let drop_audio = self.streams.is_audio_blob(&event) && self.users[0].writer().over_cap();
                 if let Err(breach) = self.streams.worker(event, &mut out) {
                     tracing::error!(%breach, "Worker broke the stream contract");
                     return Err(misbehaved());
                 }
-                if !out.is_empty() {
+                if !out.is_empty() && !drop_audio {
                     self.users[0].writer().send(&out).await?;
                 }
             }

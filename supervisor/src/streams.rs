@@ -51,6 +51,8 @@ pub(crate) enum StreamBreach {
     Text { what: &'static str },
     #[error("status {0} is not an error status")]
     Status(u16),
+    #[error("audio mimetype {0:?} is not one the client accepts")]
+    AudioType(String),
 }
 
 /// A stream the worker opened toward the client.
@@ -60,6 +62,9 @@ struct Outgoing {
     unacked: u32,
     /// The client refused the stream: blobs already on their way from the worker are dropped until its `End`.
     cancelled: bool,
+    /// An `audio` stream: clients do not acknowledge its blobs, so no window; the session drops its blobs
+    /// while the client is behind instead ([`StreamRelay::is_audio_blob`]).
+    audio: bool,
 }
 
 /// A client upload relayed to the worker.
@@ -78,6 +83,8 @@ pub(crate) struct StreamRelay {
     accept_files: bool,
     outgoing: HashMap<u32, Outgoing>,
     uploads: HashMap<u32, Upload>,
+    /// The audio mimetypes the owner listed in its handshake.
+    client_audio: Vec<String>,
 }
 
 fn ack(out: &mut BytesMut, stream: u32, message: &str, status: Status) {
@@ -238,6 +245,17 @@ impl StreamRelay {
         self.objects.get(object as usize).copied().unwrap_or(false)
     }
 
+    /// Sets the audio mimetypes the owner's client listed in its handshake (what `Audio` may open).
+    pub(crate) fn set_client_audio(&mut self, mimetypes: Vec<String>) {
+        self.client_audio = mimetypes;
+    }
+
+    /// True for a blob on an open audio stream: sound that may be dropped while the client is behind
+    /// (late sound is worth less than none, and it must not hold up the session).
+    pub(crate) fn is_audio_blob(&self, message: &StreamFromWorker) -> bool {
+        matches!(message, StreamFromWorker::Blob { stream, .. } if self.outgoing.get(stream).is_some_and(|o| o.audio))
+    }
+
     /// One stream event from the worker: checked, then written for the client into `out`.
     pub(crate) fn worker(&mut self, message: StreamFromWorker, out: &mut BytesMut) -> Result<(), StreamBreach> {
         match message {
@@ -284,11 +302,22 @@ impl StreamRelay {
                 if outgoing.cancelled {
                     return Ok(());
                 }
-                if outgoing.unacked >= STREAM_WINDOW {
+                if outgoing.unacked >= STREAM_WINDOW && !outgoing.audio {
                     return Err(StreamBreach::Window(stream));
                 }
                 outgoing.unacked += 1;
                 encode(out, "blob").uint((WORKER_STREAM_BASE + stream).into()).base64(&data).finish();
+            }
+            StreamFromWorker::Audio { stream, mimetype } => {
+                check_mimetype(&mimetype)?;
+                if !shm_proto::control::client_accepts_audio(&self.client_audio, &mimetype) {
+                    return Err(StreamBreach::AudioType(mimetype));
+                }
+                self.open_outgoing(stream, &mimetype, "")?;
+                if let Some(outgoing) = self.outgoing.get_mut(&stream) {
+                    outgoing.audio = true;
+                }
+                encode(out, "audio").uint((WORKER_STREAM_BASE + stream).into()).str(&mimetype).finish();
             }
             StreamFromWorker::End { stream } => {
                 check_stream(stream)?;
@@ -335,7 +364,7 @@ impl StreamRelay {
         if self.outgoing.contains_key(&stream) {
             return Err(StreamBreach::StreamOpen(stream));
         }
-        self.outgoing.insert(stream, Outgoing { unacked: 0, cancelled: false });
+        self.outgoing.insert(stream, Outgoing { unacked: 0, cancelled: false, audio: false });
         Ok(())
     }
 }
@@ -419,6 +448,46 @@ mod tests {
             .unwrap();
         let bad_status = StreamFromWorker::Abort { stream: 1, status: 0, message: String::new() };
         assert_eq!(relay.worker(bad_status, &mut out), Err(StreamBreach::Status(0)));
+    }
+
+    #[test]
+    fn audio_opens_only_in_a_type_the_client_accepts_and_has_no_window() {
+        let mut relay = StreamRelay::default();
+        let mut out = BytesMut::new();
+        let stereo = "audio/L16;rate=44100,channels=2";
+        let open = StreamFromWorker::Audio { stream: 0, mimetype: stereo.into() };
+        assert_eq!(
+            relay.worker(open.clone(), &mut out),
+            Err(StreamBreach::AudioType(stereo.into())),
+            "no audio listed"
+        );
+        relay.set_client_audio(vec!["audio/L8".into(), "audio/L16".into()]);
+        let ogg = StreamFromWorker::Audio { stream: 0, mimetype: "audio/ogg".into() };
+        assert_eq!(relay.worker(ogg, &mut out), Err(StreamBreach::AudioType("audio/ogg".into())));
+        let bad = StreamFromWorker::Audio { stream: 0, mimetype: "audio/L16\n".into() };
+        assert!(relay.worker(bad, &mut out).is_err());
+        let far = StreamFromWorker::Audio { stream: MAX_WORKER_STREAMS, mimetype: stereo.into() };
+        assert_eq!(relay.worker(far, &mut out), Err(StreamBreach::StreamIndex(MAX_WORKER_STREAMS)));
+        relay.worker(open.clone(), &mut out).unwrap();
+        assert_eq!(text(&mut out), "5.audio,4.1024,31.audio/L16;rate=44100,channels=2;");
+        assert_eq!(relay.worker(open, &mut out), Err(StreamBreach::StreamOpen(0)));
+        // Clients never acknowledge audio blobs: far more than a window's worth are relayed.
+        let blob = StreamFromWorker::Blob { stream: 0, data: vec![0; STREAM_CHUNK] };
+        assert!(relay.is_audio_blob(&blob));
+        for _ in 0..STREAM_WINDOW * 4 {
+            relay.worker(blob.clone(), &mut out).unwrap();
+        }
+        assert!(text(&mut out).starts_with("4.blob,4.1024,"));
+        let oversize = StreamFromWorker::Blob { stream: 0, data: vec![0; STREAM_CHUNK + 1] };
+        assert_eq!(relay.worker(oversize, &mut out), Err(StreamBreach::BlobTooLarge(STREAM_CHUNK + 1)));
+        relay.worker(StreamFromWorker::End { stream: 0 }, &mut out).unwrap();
+        assert_eq!(text(&mut out), "3.end,4.1024;");
+        assert!(!relay.is_audio_blob(&blob), "closed");
+        // A file stream keeps its window and is not audio.
+        relay
+            .worker(StreamFromWorker::File { stream: 1, mimetype: "text/plain".into(), name: "a".into() }, &mut out)
+            .unwrap();
+        assert!(!relay.is_audio_blob(&StreamFromWorker::Blob { stream: 1, data: vec![] }));
     }
 
     #[test]

@@ -144,6 +144,7 @@ async fn bad_stream_messages_end_only_their_session() {
         ("stream-filesystem-flood", "object index 8 is outside"),
         ("stream-end-before-file", "is not open"),
         ("stream-blob-after-end", "is not open"),
+        ("stream-audio-unaccepted", "is not one the client accepts"),
     ];
     for (n, (attack, reason)) in (2..).zip(attacks) {
         let (client, id, status, after) = attacked_client(&guacr, attack).await;

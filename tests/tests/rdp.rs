@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use guacr_tests::client::HandshakeOptions;
 use guacr_tests::peers::{self, RdpPeer};
 use guacr_tests::{artifact_dir, compare, x11_screenshot, GuacClient, GuacrProcess, RgbImage};
 
@@ -156,6 +157,43 @@ async fn shadow_over_tls_matches_the_x_display() {
         .wait_until_named("cursor", Duration::from_secs(15), |s| s.display.cursor.is_some())
         .await
         .expect("the server's pointer reached the client as its cursor");
+}
+
+/// Sound is not tested end to end: none of the harness's servers plays any (xrdp needs
+/// pulseaudio-module-xrdp, which Debian 12 does not package; freerdp-shadow's X11 mode has no audio
+/// source). freerdp-shadow does open the RDPSND channel, so this checks that a client that plays
+/// audio/L16 gets the channel negotiated and a working session, with no `audio` stream as nothing plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_negotiates_the_sound_channel_for_a_client_that_plays_audio() {
+    let _desktop = SHADOW_DESKTOP.lock().await;
+    let guacr = guacr();
+    let peer = peers::rdp_shadow();
+    peer.require_up();
+    let mut client = GuacClient::connect(guacr.addr()).await.expect("connecting to guacr");
+    let mut params = peer.rdp_params();
+    params.retain(|(name, _)| name != "security" && name != "ignore-cert");
+    params.extend([("security".to_string(), "tls".to_string()), ("ignore-cert".into(), "true".into())]);
+    let mut opts = HandshakeOptions::new("rdp").params(&params).size(WIDTH, HEIGHT);
+    opts.audio = vec!["audio/L8".into(), "audio/L16".into()];
+    client.handshake_with(&opts).await.expect("handshake");
+    wait_first_frame(&client, &guacr, (WIDTH, HEIGHT)).await;
+    assert_plaid(&wait_matches_x_server(&client, &peers::rdp_shadow_display(), "shadow-audio").await);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(guacr.log_path()).unwrap_or_default();
+        if log.contains("RDP server opened the sound channel") || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        log.contains("RDP server opened the sound channel"),
+        "freerdp-shadow never opened RDPSND; guacr log:\n{}",
+        guacr.log_tail(40)
+    );
+    type_and_see(&client, &peers::rdp_shadow_display(), "shadow-audio-typing").await;
+    assert!(client.last_error().is_none(), "{:?}", client.last_error());
+    assert_eq!(client.state().count("audio"), 0, "freerdp-shadow plays no sound");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

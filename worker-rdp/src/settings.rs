@@ -18,8 +18,8 @@ pub fn parameters() -> impl Iterator<Item = &'static str> {
 }
 
 /// Parameters this worker honours. Some are honoured by what the worker never does: it asks for no
-/// audio, GFX, caches or lossy codecs, so `disable-audio`, `disable-gfx`, `disable-*-caching` and
-/// `force-lossless` need no action.
+/// GFX, caches or lossy codecs, so `disable-gfx`, `disable-*-caching` and `force-lossless` need no
+/// action. `disable-audio` leaves the sound channel out.
 const IMPLEMENTED: [&str; 36] = [
     "hostname",
     "port",
@@ -168,6 +168,9 @@ pub struct Settings {
     pub initial_program: Option<String>,
     pub read_only: bool,
     pub disable_copy: bool,
+    /// The audio mimetypes the client plays (its handshake's list, from the supervisor); empty with
+    /// `disable-audio`: then no sound channel is joined.
+    pub audio: Vec<String>,
     pub disable_paste: bool,
     pub clipboard_buffer_size: usize,
     /// `normalize-clipboard`: line ends of text pasted to the server.
@@ -315,6 +318,11 @@ impl Settings {
             initial_program: params.get("initial-program").map(str::to_string),
             read_only: params.flag("read-only"),
             disable_copy: params.flag("disable-copy"),
+            audio: if params.flag("disable-audio") {
+                Vec::new()
+            } else {
+                shm_proto::control::decode_audio_mimetypes(params)
+            },
             disable_paste: params.flag("disable-paste"),
             clipboard_buffer_size,
             line_ends,
@@ -346,6 +354,19 @@ mod tests {
         for name in IMPLEMENTED.iter().chain(FLAGS.iter()) {
             assert!(all.contains(name), "{name} is not a guacd rdp parameter");
         }
+    }
+
+    #[test]
+    fn audio_follows_the_client_unless_disabled() {
+        use shm_proto::control::AUDIO_MIMETYPES_PARAM;
+        let (s, _) = Settings::from_params(&params(&[("hostname", "h")])).unwrap();
+        assert!(s.audio.is_empty(), "no client list: no sound");
+        let listed = [("hostname", "h"), (AUDIO_MIMETYPES_PARAM, "audio/L8 audio/L16")];
+        let (s, _) = Settings::from_params(&params(&listed)).unwrap();
+        assert_eq!(s.audio, ["audio/L8", "audio/L16"]);
+        let disabled = [("hostname", "h"), (AUDIO_MIMETYPES_PARAM, "audio/L16"), ("disable-audio", "true")];
+        let (s, notes) = Settings::from_params(&params(&disabled)).unwrap();
+        assert!(s.audio.is_empty() && notes.unsupported.is_empty());
     }
 
     #[test]

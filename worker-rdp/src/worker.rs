@@ -34,10 +34,11 @@ use ironrdp_pdu::nego::{FailureCode, SecurityProtocol};
 use ironrdp_pdu::rdp::capability_sets::{BitmapCodecs, MajorPlatformType};
 use ironrdp_pdu::rdp::client_info::{PerformanceFlags, TimezoneInfo};
 use ironrdp_pdu::Action;
+use ironrdp_rdpsnd::client::Rdpsnd;
 use ironrdp_session::image::DecodedImage;
 use ironrdp_session::{ActiveStage, ActiveStageBuilder, ActiveStageOutput, GracefulDisconnectReason};
 use ironrdp_tokio::{FramedWrite as _, TokioFramed};
-use shm_proto::control::{CLIPBOARD_CHUNK, MAX_CURSOR_SIDE};
+use shm_proto::control::{StreamFromWorker, StreamToWorker, CLIPBOARD_CHUNK, MAX_CURSOR_SIDE};
 use shm_proto::{FromWorker, Rect, ToWorker};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -46,6 +47,7 @@ use tokio_rustls::rustls;
 use tracing::{debug, info, warn};
 use worker_common::{control_failed, heartbeat_timer, WorkerArgs, WorkerSession, EXIT_REPORTED};
 
+use crate::audio::{self, AudioEvent, AudioQueue, AUDIO_STREAM};
 use crate::cert::{self, PolicyVerifier, Verdict};
 use crate::clipboard::{self as clip, ClipEvent, ClipQueue};
 use crate::keymap::Keyboard;
@@ -138,7 +140,10 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
     settings.cert.load_roots();
     // The clipboard channel is joined unless both directions are off.
     let clip_queue = (!(settings.disable_copy && settings.disable_paste)).then(ClipQueue::default);
-    let (connected, resized) = match session.serve_while(connect(&settings, size, dpi, clip_queue.clone())).await {
+    // The sound channel is joined when the client plays a format we take and `disable-audio` is off.
+    let audio_queue = (!audio::formats_for(&settings.audio).is_empty()).then(AudioQueue::default);
+    let channels = Channels { clip: clip_queue.clone(), audio: audio_queue.clone() };
+    let (connected, resized) = match session.serve_while(connect(&settings, size, dpi, channels)).await {
         Ok(done) => done,
         Err(code) => return code,
     };
@@ -185,6 +190,9 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
         buttons: 0,
         frame_open: false,
         clip: clip_queue,
+        audio: audio_queue,
+        audio_open: None,
+        audio_refused: false,
         local_text: None,
         paste: Vec::new(),
         disable_copy: settings.disable_copy,
@@ -233,7 +241,7 @@ async fn connect(
     settings: &Settings,
     size: (u32, u32),
     dpi: u32,
-    clip: Option<ClipQueue>,
+    channels: Channels,
 ) -> Result<(Vec<SocketAddr>, Framed, ConnectionResult), Failure> {
     let addrs = worker_common::resolve_off_thread(&settings.hostname, settings.port).await.map_err(|e| {
         Failure::new(
@@ -244,7 +252,7 @@ async fn connect(
     // Before the first byte from the server: Landlock (this port only, no files) and seccomp.
     worker_common::sandbox(&worker_common::Policy::tcp_client(&addrs))
         .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("cannot apply the sandbox: {e}")))?;
-    let (framed, result) = negotiate(settings, &addrs, size, dpi, clip).await?;
+    let (framed, result) = negotiate(settings, &addrs, size, dpi, channels).await?;
     Ok((addrs, framed, result))
 }
 
@@ -254,7 +262,7 @@ async fn negotiate(
     addrs: &[SocketAddr],
     size: (u32, u32),
     dpi: u32,
-    clip: Option<ClipQueue>,
+    channels: Channels,
 ) -> Result<(Framed, ConnectionResult), Failure> {
     let protocols = match (settings.security, settings.nla) {
         (Security::Any, nla) => Protocols { tls: true, nla, standard: false },
@@ -262,14 +270,21 @@ async fn negotiate(
         (Security::Tls, _) => Protocols { tls: true, nla: false, standard: false },
         (Security::Rdp, _) => Protocols { tls: false, nla: false, standard: true },
     };
-    match connect_once(settings, addrs, size, dpi, protocols, clip.clone()).await {
+    match connect_once(settings, addrs, size, dpi, protocols, channels.clone()).await {
         Err(failure) if failure.standard_only && settings.security == Security::Any => {
             info!("RDP server allows only standard RDP security; reconnecting with it");
             let standard = Protocols { tls: false, nla: false, standard: true };
-            connect_once(settings, addrs, size, dpi, standard, clip).await
+            connect_once(settings, addrs, size, dpi, standard, channels).await
         }
         other => other,
     }
+}
+
+/// The queues of the static channels a connection joins (`None`: that channel is not joined).
+#[derive(Debug, Clone, Default)]
+struct Channels {
+    clip: Option<ClipQueue>,
+    audio: Option<AudioQueue>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -341,7 +356,7 @@ fn connector_config(
         request_data: None,
         // guacd logs on automatically when it has a password.
         autologon: !settings.password.0.is_empty(),
-        enable_audio_playback: false,
+        enable_audio_playback: !audio::formats_for(&settings.audio).is_empty(),
         enable_audio_capture: false,
         performance_flags: performance,
         license_cache: None,
@@ -360,7 +375,7 @@ async fn connect_once(
     size: (u32, u32),
     dpi: u32,
     protocols: Protocols,
-    clip: Option<ClipQueue>,
+    channels: Channels,
 ) -> Result<(Framed, ConnectionResult), Failure> {
     let target = format!("{}:{}", settings.hostname, settings.port);
     let tcp = match timeout(settings.connect_timeout, TcpStream::connect(addrs)).await {
@@ -380,7 +395,7 @@ async fn connect_once(
         .local_addr()
         .map_err(|e| Failure::new(status::UPSTREAM_ERROR, format!("RDP connection to {target} failed: {e}")))?;
     let config = connector_config(settings, size, dpi, protocols);
-    match timeout(HANDSHAKE_TIMEOUT, handshake(settings, tcp, local, config, clip)).await {
+    match timeout(HANDSHAKE_TIMEOUT, handshake(settings, tcp, local, config, channels)).await {
         Err(_) => {
             Err(Failure::new(status::UPSTREAM_TIMEOUT, format!("RDP connection sequence with {target} timed out")))
         }
@@ -393,12 +408,16 @@ async fn handshake(
     tcp: TcpStream,
     local: SocketAddr,
     config: ironrdp_connector::Config,
-    clip: Option<ClipQueue>,
+    channels: Channels,
 ) -> Result<(Framed, ConnectionResult), Failure> {
     let mut framed: Framed = TokioFramed::new(Box::new(tcp));
     let mut connector = ClientConnector::new(config, local);
-    if let Some(queue) = clip {
+    if let Some(queue) = channels.clip {
         connector.attach_static_channel(CliprdrClient::new(Box::new(clip::Backend::new(queue))));
+    }
+    if let Some(queue) = channels.audio {
+        let backend = audio::Backend::new(audio::formats_for(&settings.audio), queue);
+        connector.attach_static_channel(Rdpsnd::new(Box::new(backend)));
     }
     if settings.resize == ResizeMethod::DisplayUpdate {
         // The Display Control channel: its capabilities need no answer, a layout is sent on `size`.
@@ -551,6 +570,12 @@ struct Worker {
     frame_open: bool,
     /// The clipboard channel's events (`None`: no channel, copy and paste both disabled).
     clip: Option<ClipQueue>,
+    /// The sound channel's waves (`None`: no channel).
+    audio: Option<AudioQueue>,
+    /// The mimetype of the open `audio` stream.
+    audio_open: Option<String>,
+    /// The client refused the sound (a non-zero `ack`): none is sent for the rest of the session.
+    audio_refused: bool,
     /// The user's clipboard text, offered to the server.
     local_text: Option<String>,
     /// Clipboard bytes from the user, collected until the last chunk.
@@ -650,7 +675,49 @@ impl Worker {
                 other => debug!(output = ?std::mem::discriminant(&other), "RDP output ignored"),
             }
         }
-        self.clipboard_events(framed).await
+        self.clipboard_events(framed).await?;
+        self.audio_events().await
+    }
+
+    /// Sends what the sound channel queued while IronRDP processed a PDU as the `audio` stream: opened
+    /// on the first wave (again when the format changes), ended when the server closes the channel.
+    async fn audio_events(&mut self) -> Result<(), End> {
+        let Some(queue) = &self.audio else {
+            return Ok(());
+        };
+        let (events, dropped) = queue.take();
+        if dropped > 0 {
+            debug!(dropped, "Sound dropped: the session fell behind the server");
+        }
+        for event in events {
+            match event {
+                AudioEvent::Wave { .. } if self.audio_refused => {}
+                AudioEvent::Wave { mimetype, data } => {
+                    if self.audio_open.as_deref() != Some(mimetype.as_str()) {
+                        self.end_audio().await?;
+                        self.send(&FromWorker::Stream(StreamFromWorker::Audio {
+                            stream: AUDIO_STREAM,
+                            mimetype: mimetype.clone(),
+                        }))
+                        .await?;
+                        self.audio_open = Some(mimetype);
+                    }
+                    for chunk in audio::chunks(&data) {
+                        let blob = StreamFromWorker::Blob { stream: AUDIO_STREAM, data: chunk.to_vec() };
+                        self.send(&FromWorker::Stream(blob)).await?;
+                    }
+                }
+                AudioEvent::Close => self.end_audio().await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn end_audio(&mut self) -> Result<(), End> {
+        if self.audio_open.take().is_some() {
+            self.send(&FromWorker::Stream(StreamFromWorker::End { stream: AUDIO_STREAM })).await?;
+        }
+        Ok(())
     }
 
     /// Acts on what the clipboard channel queued while IronRDP processed a PDU.
@@ -825,8 +892,10 @@ impl Worker {
     async fn reconnect(&mut self, size: (u32, u32)) -> Result<Framed, i32> {
         // A fresh clipboard channel: the old one's state belongs to the old connection.
         let clip = self.clip.as_ref().map(|_| ClipQueue::default());
+        // The sound queue carries over: the old channel's close ends the stream, the new one reopens it.
+        let channels = Channels { clip: clip.clone(), audio: self.audio.clone() };
         let (settings, addrs) = (self.settings.clone(), self.addrs.clone());
-        let connecting = negotiate(&settings, &addrs, size, self.dpi, clip.clone());
+        let connecting = negotiate(&settings, &addrs, size, self.dpi, channels);
         let (connected, resized) = self.session.serve_while(connecting).await?;
         let (framed, result) = match connected {
             Ok(connection) => connection,
@@ -1044,7 +1113,13 @@ impl Worker {
                 _ => self.resize.wanted = Some((width, height)),
             },
             ToWorker::Clipboard { mimetype, data, last } => self.user_clipboard(framed, &mimetype, &data, last).await?,
-            // File streams are only sent to workers that ask for them.
+            // The client's answer on the sound stream: anything but success (a client that cannot play
+            // it) ends the sound for the session. File streams are only sent to workers that ask for them.
+            ToWorker::Stream(StreamToWorker::Ack { stream: AUDIO_STREAM, status, message }) if status != 0 => {
+                info!(status, %message, "Client refused the sound; no more is sent");
+                self.audio_refused = true;
+                self.end_audio().await?;
+            }
             ToWorker::Stream(_) => {}
             ToWorker::Consumed { .. } => {
                 if self.frame_open {

@@ -17,6 +17,7 @@
 //! - `stream-filesystem-flood`: defines a thousand filesystem objects;
 //! - `stream-end-before-file`: ends a stream before opening it;
 //! - `stream-blob-after-end`: opens, ends, then sends a blob on the ended stream;
+//! - `stream-audio-unaccepted`: opens an `audio` stream in a type the client did not list;
 //! - `stream-stray-ack`: acknowledges an upload nobody sent (ignored by the supervisor), then offers a
 //!   download `after-ack.txt` and keeps sending heartbeats;
 //! - `bystander`: a well-behaved session: sends heartbeats and offers a download `alive-N.txt`
@@ -112,6 +113,11 @@ async fn attack() {
                 [file(1, "big.bin"), StreamFromWorker::Blob { stream: 1, data: vec![7; STREAM_CHUNK + 1] }],
             )
             .await
+        }
+        // Sound in a type the client never listed (the test client lists no audio at all).
+        "stream-audio-unaccepted" => {
+            let open = StreamFromWorker::Audio { stream: 0, mimetype: "audio/L16;rate=44100,channels=2".into() };
+            send_streams(&session, [open, StreamFromWorker::Blob { stream: 0, data: vec![0; 64] }]).await
         }
         "stream-filesystem-flood" => {
             send_streams(
