@@ -786,22 +786,25 @@ impl Planner {
         let hashed = tiles.iter().all(|t| self.flags[*t] & HASHED != 0);
         let damage = self.damage_within(whole).unwrap_or(whole);
         let mut pixels = std::mem::take(&mut self.buf);
-        let rect = if !clean {
-            whole
-        } else if !(fast && s.jpeg) {
-            damage
-        } else {
+        let (rect, palette) = if clean && fast && s.jpeg {
             self.read_pixels(src, damage, hashed, &mut pixels);
-            if image::palette(&pixels).is_some() {
-                damage
-            } else {
-                whole
+            match image::palette(&pixels) {
+                Some(p) => (damage, Some(p)),
+                None => {
+                    // More than 256 colours in the damage means as many in the whole tiles: no palette there.
+                    if damage != whole {
+                        self.read_pixels(src, whole, hashed, &mut pixels);
+                    }
+                    (whole, None)
+                }
             }
-        };
-        if !(clean && fast && s.jpeg && rect == damage) {
+        } else {
+            let rect = if clean { damage } else { whole };
             self.read_pixels(src, rect, hashed, &mut pixels);
-        }
-        let lossy = self.encode_image(rect, &pixels, s, fast, out, st);
+            (rect, image::palette(&pixels))
+        };
+        // JPEG only for fast-changing content.
+        let lossy = self.encode_image(rect, &pixels, palette, &Settings { jpeg: s.jpeg && fast, ..*s }, out, st);
         for t in tiles {
             if lossy {
                 let tr = self.tile_rect(t);
@@ -848,22 +851,22 @@ impl Planner {
         (x0 < x1 && y0 < y1).then(|| Rect::new(x0, y0, x1 - x0, y1 - y0))
     }
 
-    /// Encodes `bgrx` at `rect`; `true` when it went out lossy.
+    /// Encodes `bgrx` at `rect` (`palette`: its colours when it has at most 256); `true` when it went out lossy.
     fn encode_image(
         &mut self,
         rect: Rect,
         bgrx: &[u8],
+        palette: Option<image::Palette>,
         s: &Settings,
-        fast: bool,
         out: &mut BytesMut,
         st: &mut Stats,
     ) -> bool {
         let mut encoded = std::mem::take(&mut self.encoded);
-        let (mime, lossy) = if let Some(p) = image::palette(bgrx) {
+        let (mime, lossy) = if let Some(p) = palette {
             image::png(rect.w, rect.h, image::PngPixels::Indexed(&p), &mut encoded);
             st.png += 1;
             ("image/png", false)
-        } else if s.jpeg && fast {
+        } else if s.jpeg {
             image::jpeg(rect.w, rect.h, bgrx, s.quality(), &mut encoded);
             st.jpeg += 1;
             ("image/jpeg", true)
@@ -908,7 +911,8 @@ impl Planner {
                 }
             }
             let lossless = Settings { jpeg: false, ..Settings::default() };
-            self.encode_image(rect, &px, &lossless, false, out, st);
+            let palette = image::palette(&px);
+            self.encode_image(rect, &px, palette, &lossless, out, st);
             for t in &due[i..j] {
                 self.lossy.remove(t);
             }
