@@ -302,10 +302,12 @@ impl StreamRelay {
                 if outgoing.cancelled {
                     return Ok(());
                 }
-                if outgoing.unacked >= STREAM_WINDOW && !outgoing.audio {
-                    return Err(StreamBreach::Window(stream));
+                if !outgoing.audio {
+                    if outgoing.unacked >= STREAM_WINDOW {
+                        return Err(StreamBreach::Window(stream));
+                    }
+                    outgoing.unacked += 1;
                 }
-                outgoing.unacked += 1;
                 encode(out, "blob").uint((WORKER_STREAM_BASE + stream).into()).base64(&data).finish();
             }
             StreamFromWorker::Audio { stream, mimetype } => {
