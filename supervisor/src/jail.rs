@@ -1,6 +1,7 @@
 //! What the supervisor does to jail a worker from the outside: the unprivileged uid it execs the worker
-//! with (when guacr runs as root), and a cgroup v2 group per session with memory and CPU limits (where
-//! the host delegates those controllers). The worker does the rest to itself after exec
+//! with (when guacr runs as root), and a cgroup per session: cgroup v2 with memory and CPU limits where
+//! the host delegates those controllers, else a cgroup v1 memory group where the v1 memory hierarchy is
+//! mounted and writable (memory only). The worker does the rest to itself after exec
 //! (`worker_common::lockdown`, then `worker_common::sandbox`).
 
 use std::path::{Path, PathBuf};
@@ -32,7 +33,7 @@ struct Jail {
 
 static JAIL: OnceLock<Jail> = OnceLock::new();
 
-/// Resolves the worker user and probes cgroup v2 once, at start-up. As root, a missing user is an error
+/// Resolves the worker user and probes the cgroups once, at start-up. As root, a missing user is an error
 /// (create it with `scripts/setup.sh`): workers never run as root.
 pub fn init(worker_user: &str, limits: Limits) -> anyhow::Result<()> {
     let identity = if nix::unistd::geteuid().is_root() {
@@ -113,27 +114,75 @@ pub fn place(pid: u32, session_id: &str) -> Option<SessionCgroup> {
     }
 }
 
-/// The delegated cgroup v2 directory guacr manages: one child per session, the supervisor itself in
-/// `supervisor/` (cgroup v2 forbids processes in a group that distributes controllers).
+/// The cgroup directory guacr manages: one child per session.
 #[derive(Debug)]
 struct Cgroups {
     root: PathBuf,
+    version: Version,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Version {
+    /// Delegated cgroup v2: memory and cpu; the supervisor itself in `supervisor/` (cgroup v2 forbids
+    /// processes in a group that distributes controllers).
+    V2,
+    /// The cgroup v1 memory hierarchy (hosts without a delegated v2): memory only. The supervisor stays in
+    /// its own group, which v1 allows next to child groups; only workers go into the limited children.
+    V1Memory,
 }
 
 impl Cgroups {
-    /// Finds our cgroup v2 directory and enables the memory and cpu controllers for children. Logs one
-    /// line and returns `None` where the host does not offer them.
+    /// Finds our cgroup v2 directory and enables the memory and cpu controllers for children, or failing
+    /// that our cgroup v1 memory directory. Logs one line saying which, and returns `None` where the host
+    /// offers neither.
     fn detect(proc_self: &Path) -> Option<Cgroups> {
-        match Self::try_detect(proc_self) {
+        let v2 = match Self::try_detect(proc_self) {
             Ok(cgroups) => {
                 info!(path = %cgroups.root.display(), "Per-session cgroup v2 memory and CPU limits are on");
+                cgroups.sweep();
+                return Some(cgroups);
+            }
+            Err(reason) => reason,
+        };
+        match Self::try_detect_v1(proc_self) {
+            Ok(cgroups) => {
+                info!(
+                    path = %cgroups.root.display(),
+                    v2 = %v2,
+                    "Per-session cgroup v1 memory limits are on (no CPU limit: cgroup v2 controllers unavailable)"
+                );
+                cgroups.sweep();
                 Some(cgroups)
             }
-            Err(reason) => {
-                info!(%reason, "No per-session cgroup limits (cgroup v2 memory and cpu controllers unavailable); rlimits still apply");
+            Err(v1) => {
+                info!(%v2, %v1, "No per-session cgroup limits (neither cgroup v2 memory and cpu nor the cgroup v1 memory controller available); rlimits still apply");
                 None
             }
         }
+    }
+
+    /// Our directory in the cgroup v1 memory hierarchy, if it is mounted and we may create groups in it.
+    fn try_detect_v1(proc_self: &Path) -> Result<Cgroups, String> {
+        let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
+        let (mount, mount_root) =
+            cgroup1_memory_mount(&read(proc_self.join("mountinfo"))?).ok_or("no cgroup v1 memory hierarchy mounted")?;
+        let own = own_cgroup_v1_memory(&read(proc_self.join("cgroup"))?).ok_or("not in a cgroup v1 memory group")?;
+        // The mount may show only a subtree (a container): our path is relative to the hierarchy's root.
+        let relative = if mount_root == "/" {
+            own.as_str()
+        } else {
+            own.strip_prefix(&mount_root)
+                .filter(|rest| rest.is_empty() || rest.starts_with('/'))
+                .ok_or_else(|| format!("our memory cgroup {own} is outside the mounted {mount_root}"))?
+        };
+        let root = mount.join(relative.trim_start_matches('/'));
+        if !root.join("memory.limit_in_bytes").exists() {
+            return Err(format!("{} has no memory.limit_in_bytes", root.display()));
+        }
+        let probe = root.join(format!("guacr-{}-probe", std::process::id()));
+        std::fs::create_dir(&probe).map_err(|e| format!("cannot create a group in {}: {e}", root.display()))?;
+        let _ = std::fs::remove_dir(&probe);
+        Ok(Cgroups { root, version: Version::V1Memory })
     }
 
     fn try_detect(proc_self: &Path) -> Result<Cgroups, String> {
@@ -152,12 +201,57 @@ impl Cgroups {
             .map_err(|e| io("moving the supervisor into its own cgroup", e))?;
         std::fs::write(root.join("cgroup.subtree_control"), "+memory +cpu")
             .map_err(|e| io("enabling memory and cpu for sessions", e))?;
-        Ok(Cgroups { root })
+        Ok(Cgroups { root, version: Version::V2 })
     }
 
+    /// Removes the session groups of guacr processes that are gone (killed before their sessions' groups
+    /// could be removed, or shut down while a browser was still exiting). A group that still holds a
+    /// process cannot be removed and stays until the next sweep: at start-up and before each new session.
+    fn sweep(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.root) else { return };
+        let own = std::process::id();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name.to_str().and_then(group_owner) else { continue };
+            if pid != own && !Path::new(&format!("/proc/{pid}")).exists() && std::fs::remove_dir(entry.path()).is_ok() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            info!(removed, path = %self.root.display(), "Removed session cgroups left by a guacr that is gone");
+        }
+    }
+
+    /// A session's group is named after guacr's pid (several guacr may share a cgroup v1 parent, and a
+    /// later guacr tells leftovers from live groups by it) and the session id.
     fn place(&self, pid: u32, session_id: &str, limits: Limits) -> std::io::Result<SessionCgroup> {
-        let name: String = session_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
-        let dir = self.root.join(format!("session-{name}"));
+        let id: String = session_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
+        let name = format!("guacr-{}-session-{id}", std::process::id());
+        self.sweep();
+        match self.version {
+            Version::V2 => self.place_v2(pid, &name, limits),
+            Version::V1Memory => self.place_v1(pid, &name, limits),
+        }
+    }
+
+    fn place_v1(&self, pid: u32, name: &str, limits: Limits) -> std::io::Result<SessionCgroup> {
+        let dir = self.root.join(name);
+        std::fs::create_dir(&dir)?;
+        let group = SessionCgroup { dir };
+        std::fs::write(group.dir.join("memory.limit_in_bytes"), limits.memory_bytes.to_string())?;
+        // Memory plus swap at the same limit: no swap, so a worker over its limit is killed, never slowed to a
+        // crawl. The file exists only where the kernel accounts swap.
+        let memsw = group.dir.join("memory.memsw.limit_in_bytes");
+        if memsw.exists() {
+            std::fs::write(memsw, limits.memory_bytes.to_string())?;
+        }
+        std::fs::write(group.dir.join("cgroup.procs"), pid.to_string())?;
+        Ok(group)
+    }
+
+    fn place_v2(&self, pid: u32, name: &str, limits: Limits) -> std::io::Result<SessionCgroup> {
+        let dir = self.root.join(name);
         std::fs::create_dir(&dir)?;
         let group = SessionCgroup { dir };
         std::fs::write(group.dir.join("memory.max"), limits.memory_bytes.to_string())?;
@@ -175,8 +269,26 @@ pub struct SessionCgroup {
     dir: PathBuf,
 }
 
+impl SessionCgroup {
+    /// How many processes the kernel killed for the group's memory limit (`oom_kill` in v1's
+    /// `memory.oom_control`, v2's `memory.events`).
+    fn oom_kills(&self) -> u64 {
+        ["memory.oom_control", "memory.events"]
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(self.dir.join(file)).ok())
+            .filter_map(|text| text.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok()))
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 impl Drop for SessionCgroup {
     fn drop(&mut self) {
+        // The worker only sees a crashed browser or page; this says why.
+        let kills = self.oom_kills();
+        if kills > 0 {
+            warn!(kills, path = %self.dir.display(), "The session reached its memory limit (--worker-memory-mib): the kernel killed its processes");
+        }
         let dir = std::mem::take(&mut self.dir);
         if std::fs::remove_dir(&dir).is_ok() {
             return;
@@ -214,6 +326,35 @@ fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 /// Our path in the unified hierarchy, from `/proc/self/cgroup` (the `0::` line).
 fn own_cgroup(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim().to_string())
+}
+
+/// The mount point and mounted root of the cgroup v1 hierarchy holding the memory controller.
+fn cgroup1_memory_mount(mountinfo: &str) -> Option<(PathBuf, String)> {
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mut fields = left.split_whitespace();
+        let root = fields.nth(3)?;
+        let mount_point = fields.next()?;
+        let mut right = right.split_whitespace();
+        let is_memory = right.next()? == "cgroup" && right.nth(1)?.split(',').any(|o| o == "memory");
+        is_memory.then(|| (PathBuf::from(mount_point), root.to_string()))
+    })
+}
+
+/// Our path in the cgroup v1 memory hierarchy, from `/proc/self/cgroup` (`N:memory:/path`, possibly with
+/// other controllers co-mounted).
+fn own_cgroup_v1_memory(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "memory").then(|| path.trim().to_string())
+    })
+}
+
+/// The guacr pid in a group name made by [`Cgroups::place`] or the probe (`guacr-PID-…`).
+fn group_owner(name: &str) -> Option<u32> {
+    let (pid, _) = name.strip_prefix("guacr-")?.split_once('-')?;
+    pid.parse().ok()
 }
 
 fn has_controllers(list: &str) -> bool {
@@ -260,11 +401,88 @@ mod tests {
         assert_eq!(cgroups.root, cg.join("a"));
         assert_eq!(std::fs::read_to_string(cg.join("a/cgroup.subtree_control")).unwrap(), "+memory +cpu");
         let group = cgroups.place(1234, "$ab-12", Limits { memory_bytes: 1 << 20, cpu_percent: 50 }).unwrap();
-        let session = cg.join("a/session-ab-12");
+        let session = cg.join(format!("a/guacr-{}-session-ab-12", std::process::id()));
         assert_eq!(std::fs::read_to_string(session.join("memory.max")).unwrap(), "1048576");
         assert_eq!(std::fs::read_to_string(session.join("cpu.max")).unwrap(), "50000 100000");
         assert_eq!(std::fs::read_to_string(session.join("cgroup.procs")).unwrap(), "1234");
         drop(group);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn finds_the_v1_memory_hierarchy() {
+        let mountinfo = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+                         32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+                         35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+                         41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(cgroup1_memory_mount(mountinfo), Some((PathBuf::from("/sys/fs/cgroup/memory"), "/".into())));
+        // Not fooled by an option that merely contains the word, nor by cgroup2.
+        assert_eq!(cgroup1_memory_mount("1 2 0:1 / /x rw - cgroup cgroup rw,nomemory\n"), None);
+        assert_eq!(cgroup1_memory_mount("1 2 0:1 / /x rw - cgroup2 cgroup2 rw,memory\n"), None);
+        assert_eq!(
+            cgroup1_memory_mount("1 2 0:1 /docker/abc /sys/fs/cgroup/memory ro - cgroup cgroup rw,cpu,memory\n"),
+            Some((PathBuf::from("/sys/fs/cgroup/memory"), "/docker/abc".into()))
+        );
+        let cgroup = "9:name=systemd:/\n4:memory:/process_api/ec11\n1:cpu:/\n0::/\n";
+        assert_eq!(own_cgroup_v1_memory(cgroup).as_deref(), Some("/process_api/ec11"));
+        assert_eq!(own_cgroup_v1_memory("3:cpu,memory:/a:b\n").as_deref(), Some("/a:b"));
+        assert_eq!(own_cgroup_v1_memory("0::/a\n"), None);
+        assert_eq!(group_owner("guacr-123-session-ab-12"), Some(123));
+        assert_eq!(group_owner("guacr-45-probe"), Some(45));
+        assert_eq!((group_owner("guacr-session-x"), group_owner("session-1-x")), (None, None));
+    }
+
+    #[test]
+    fn falls_back_to_the_v1_memory_controller() {
+        let dir = std::env::temp_dir().join(format!("guacr-cg1-{}", std::process::id()));
+        let v2 = dir.join("unified");
+        let v1 = dir.join("memory");
+        std::fs::create_dir_all(&v2).unwrap();
+        std::fs::create_dir_all(v1.join("me")).unwrap();
+        std::fs::write(v2.join("cgroup.controllers"), "hugetlb\n").unwrap();
+        std::fs::write(
+            dir.join("mountinfo"),
+            format!(
+                "1 2 0:1 / {} rw - cgroup2 cgroup2 rw\n3 2 0:2 /outer {} rw - cgroup cgroup rw,memory\n",
+                v2.display(),
+                v1.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("cgroup"), "4:memory:/outer/me\n0::/\n").unwrap();
+        // Without the controller's files it is not a memory group.
+        let err = Cgroups::try_detect_v1(&dir).unwrap_err();
+        assert!(err.contains("no memory.limit_in_bytes"), "{err}");
+        std::fs::write(v1.join("me/memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        // Left by a guacr that is gone (a pid above any pid_max): swept; ours and foreign groups stay.
+        let own = std::process::id();
+        for name in ["guacr-4194400-session-old".to_string(), format!("guacr-{own}-session-mine"), "other".into()] {
+            std::fs::create_dir(v1.join("me").join(name)).unwrap();
+        }
+        // cgroup v2 offers no memory and cpu, so the v1 memory group under our own is used.
+        let cgroups = Cgroups::detect(&dir).expect("v1 fallback");
+        assert!(!v1.join("me/guacr-4194400-session-old").exists(), "a dead guacr's group was not swept");
+        assert!(v1.join(format!("me/guacr-{own}-session-mine")).exists() && v1.join("me/other").exists());
+        assert_eq!((cgroups.root.as_path(), cgroups.version), (v1.join("me").as_path(), Version::V1Memory));
+        let group = cgroups.place(4321, "$cd-34", Limits { memory_bytes: 100 << 20, cpu_percent: 50 }).unwrap();
+        let session = v1.join(format!("me/guacr-{}-session-cd-34", std::process::id()));
+        assert_eq!(std::fs::read_to_string(session.join("memory.limit_in_bytes")).unwrap(), "104857600");
+        assert_eq!(std::fs::read_to_string(session.join("cgroup.procs")).unwrap(), "4321");
+        // Swap accounting is written only where the kernel offers it; v1 gets no CPU limit; the probe
+        // group is gone; the supervisor was not moved.
+        assert!(!session.join("memory.memsw.limit_in_bytes").exists());
+        assert!(!session.join("cpu.max").exists());
+        let entries: Vec<_> = std::fs::read_dir(v1.join("me")).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(entries.len(), 4, "{entries:?}");
+        assert!(!v1.join("me/cgroup.procs").exists());
+        assert_eq!(group.oom_kills(), 0);
+        std::fs::write(session.join("memory.oom_control"), "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n").unwrap();
+        assert_eq!(group.oom_kills(), 2);
+        drop(group);
+        // A group beside the mounted subtree is not ours to use.
+        std::fs::write(dir.join("cgroup"), "4:memory:/outerx/me\n").unwrap();
+        let err = Cgroups::try_detect_v1(&dir).unwrap_err();
+        assert!(err.contains("outside the mounted /outer"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

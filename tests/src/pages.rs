@@ -13,6 +13,10 @@
 //! - `/dialog`: red; after an `alert`, a cancelled `confirm` and a cancelled `prompt` it turns green.
 //! - `/popup`: grey; a click anywhere calls `window.open('/colour/0000c8')`.
 //! - `/anim`: a box moving and changing colour every animation frame (for the benchmark).
+//! - `/checker`: a canvas filling the viewport with a checkerboard of single pixels, black where x + y is
+//!   even, white where it is odd ([`checker_pixel`]): exact only through a lossless path.
+//! - `/hog`: grey; a click turns it red and starts filling ever more 32 MiB typed arrays, without end
+//!   (for the per-session memory limit).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -36,8 +40,17 @@ pub const UPLOAD_TEXT: &str = "guacr upload test";
 pub fn download_content() -> Vec<u8> {
     b"guacr rbi download test\n".repeat(64)
 }
-/// What the `/type` page waits for: ASCII, Latin-1 and a character beyond Latin-1.
-pub const TYPED_TEXT: &str = "Grüße €5";
+/// What the `/type` page waits for: ASCII, Latin-1 and characters beyond Latin-1 (the euro sign, CJK).
+pub const TYPED_TEXT: &str = "Grüße €5 中文";
+
+/// The `/checker` page's colour at (`x`, `y`).
+pub fn checker_pixel(x: u32, y: u32) -> [u8; 3] {
+    if (x + y).is_multiple_of(2) {
+        [0, 0, 0]
+    } else {
+        [255, 255, 255]
+    }
+}
 
 /// A running page server; stopped on drop.
 pub struct PageServer {
@@ -223,6 +236,22 @@ fn page(target: &str) -> Response {
              b.style.left = (n * 7 % 600) + 'px'; b.style.top = (n * 3 % 400) + 'px'; \
              b.style.background = 'hsl(' + (n * 5 % 360) + ',90%,50%)'; requestAnimationFrame(step); } \
              requestAnimationFrame(step);",
+        )),
+        "/checker" => ok(html(
+            "canvas{position:absolute;left:0;top:0}",
+            "<canvas id=\"c\"></canvas>",
+            "const c = document.getElementById('c'); function draw() { const w = innerWidth, h = innerHeight; \
+             c.width = w; c.height = h; const ctx = c.getContext('2d'); const img = ctx.createImageData(w, h); \
+             for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) { const v = (x + y) % 2 ? 255 : 0; \
+             const i = (y * w + x) * 4; img.data[i] = img.data[i + 1] = img.data[i + 2] = v; img.data[i + 3] = 255; } \
+             ctx.putImageData(img, 0, 0); } draw(); addEventListener('resize', draw);",
+        )),
+        "/hog" => ok(html(
+            &format!("body{{background:{}}}body.hog{{background:{}}}", hex(GREY), hex(RED)),
+            "",
+            "const kept = []; function more() { const a = new Uint8Array(32 << 20); a.fill(7); kept.push(a); \
+             setTimeout(more, 20); } \
+             document.body.onclick = () => { if (!kept.length) { document.body.className = 'hog'; more(); } };",
         )),
         _ => ("404 Not Found", "text/plain", String::new(), b"not found\n".to_vec()),
     }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use guacr_tests::pages::{self, PageServer};
-use guacr_tests::{artifact_dir, GuacClient, GuacrProcess};
+use guacr_tests::{artifact_dir, GuacClient, GuacrProcess, RgbImage};
 
 const WIDTH: u32 = 1024;
 const HEIGHT: u32 = 768;
@@ -91,6 +91,19 @@ fn children_of(parent: u32) -> Vec<u32> {
             })
         })
         .collect()
+}
+
+/// Processes below `root`, at any depth.
+fn descendants(root: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut stack = vec![root];
+    while let Some(pid) = stack.pop() {
+        for child in children_of(pid) {
+            found.push(child);
+            stack.push(child);
+        }
+    }
+    found
 }
 
 fn cmdline(pid: u32) -> String {
@@ -199,6 +212,26 @@ async fn renders_a_page_and_confines_the_worker() {
     // The keeper's children: Chromium, and its crash handlers re-parented to the keeper (a subreaper).
     let kept: Vec<String> = children_of(tree.keeper).into_iter().map(cmdline).collect();
     assert!(kept.iter().all(|c| c.starts_with("/usr/lib/chromium/")), "{kept:?}");
+    // Chromium's own sandbox is on wherever the host allows user namespaces: no --no-sandbox, and its
+    // renderers run in their own user and PID namespaces under seccomp-bpf. Elsewhere `open` asked for
+    // no-sandbox, and only then is it off.
+    let browser_line = cmdline(tree.browser);
+    if !chromium_sandbox_available() {
+        assert!(browser_line.contains("--no-sandbox"), "{browser_line}");
+        client.disconnect().await.unwrap();
+        wait_gone(&tree.profile, &guacr).await;
+        panic!("user namespaces are unavailable to guacr-worker on this host: Chromium's sandbox cannot be checked");
+    }
+    assert!(!browser_line.contains("--no-sandbox"), "Chromium runs without its sandbox: {browser_line}");
+    let ns = |pid: u32, kind: &str| std::fs::read_link(format!("/proc/{pid}/ns/{kind}")).ok();
+    let renderers: Vec<u32> =
+        descendants(tree.browser).into_iter().filter(|&p| cmdline(p).contains("--type=renderer")).collect();
+    assert!(!renderers.is_empty(), "no renderer process under the browser");
+    for renderer in renderers {
+        assert_ne!(ns(renderer, "user"), ns(tree.browser, "user"), "renderer {renderer} shares the user namespace");
+        assert_ne!(ns(renderer, "pid"), ns(tree.browser, "pid"), "renderer {renderer} shares the PID namespace");
+        assert_eq!(status_field(renderer, "Seccomp:").as_deref(), Some("2"), "renderer {renderer} without seccomp");
+    }
     client.disconnect().await.unwrap();
     wait_gone(&tree.profile, &guacr).await;
 }
@@ -366,6 +399,12 @@ async fn popups_history_and_resize() {
         client.send_key(key, true).await.unwrap();
         client.send_key(key, false).await.unwrap();
         client.send_key(0xffe9, false).await.unwrap();
+        wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), colour, name).await;
+    }
+    // The keyboard's browser keys do the same (XF86Back, XF86Forward).
+    for (key, colour, name) in [(0x1008_ff26, pages::GREY, "xf86-back"), (0x1008_ff27, pages::BLUE, "xf86-forward")] {
+        client.send_key(key, true).await.unwrap();
+        client.send_key(key, false).await.unwrap();
         wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), colour, name).await;
     }
     // The client's `size` resizes the browser's viewport: the page fills the new size.
@@ -538,4 +577,139 @@ async fn uploads_reach_the_page_file_chooser_when_enabled() {
     disabled.send_mouse(500, 400, 0).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(close(disabled.screenshot().pixel(WIDTH / 2, HEIGHT / 2), pages::GREY), "no file reached the page");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn force_lossless_is_pixel_exact() {
+    let server = PageServer::start().await.unwrap();
+    let guacr = guacr();
+    let lossless = open(&guacr, &server.url("/checker"), &[("force-lossless", "true")]).await;
+    let lossy = open(&guacr, &server.url("/checker"), &[]).await;
+    // A block of the single-pixel checkerboard in the middle and one at the bottom-right corner.
+    let blocks = [(WIDTH / 2 - 100, HEIGHT / 2 - 100), (WIDTH - 201, HEIGHT - 201)];
+    let wrong = |image: &RgbImage| {
+        if (image.width, image.height) != (WIDTH, HEIGHT) {
+            return usize::MAX;
+        }
+        let mut count = 0;
+        for &(x0, y0) in &blocks {
+            for y in y0..y0 + 200 {
+                for x in x0..x0 + 200 {
+                    let want = pages::checker_pixel(x, y);
+                    count += usize::from(image.pixel(x, y) != want);
+                }
+            }
+        }
+        count
+    };
+    // With force-lossless every pixel arrives exactly (PNG screencast, lossless display path).
+    let exact = lossless
+        .wait_until_named("the exact checkerboard", PAGE_TIMEOUT, |s| {
+            s.display.size() == (WIDTH, HEIGHT) && wrong(&s.screenshot()) == 0
+        })
+        .await;
+    if let Err(e) = exact {
+        let path = artifact_dir().join("rbi-lossless.png");
+        let _ = std::fs::create_dir_all(artifact_dir());
+        let _ = lossless.save_png(&path);
+        panic!("{e}; {} pixels differ; client image in {}", wrong(&lossless.screenshot()), path.display());
+    }
+    // The default JPEG screencast cannot carry it: the same page arrives blurred. (This is what makes the
+    // check above mean something.)
+    lossy
+        .wait_until_named("the lossy checkerboard painted", PAGE_TIMEOUT, |s| {
+            let image = s.screenshot();
+            s.display.size() == (WIDTH, HEIGHT)
+                && (0..100).any(|i| image.pixel(WIDTH / 2 + i, HEIGHT / 2).iter().all(|&c| c < 100))
+                && (0..100).any(|i| image.pixel(WIDTH / 2 + i, HEIGHT / 2).iter().all(|&c| c > 155))
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}; log:\n{}", guacr.log_tail(40)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let blurred = wrong(&lossy.screenshot());
+    assert!(blurred > 8000, "without force-lossless only {blurred} of 80000 pixels differ");
+}
+
+/// The memory cgroup directory a process is in: the cgroup v1 memory hierarchy, or cgroup v2.
+fn memory_cgroup(pid: u32) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let v1 = text.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        controllers.split(',').any(|c| c == "memory").then(|| path.trim().to_string())
+    });
+    match v1 {
+        Some(path) => Some(PathBuf::from("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'))),
+        None => {
+            let path = text.lines().find_map(|l| l.strip_prefix("0::"))?;
+            Some(PathBuf::from("/sys/fs/cgroup").join(path.trim().trim_start_matches('/')))
+        }
+    }
+}
+
+/// The kernel's count of processes it killed for the group's memory limit.
+fn oom_kills(group: &std::path::Path) -> u64 {
+    ["memory.oom_control", "memory.events"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(group.join(f)).ok())
+        .filter_map(|t| t.lines().find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse::<u64>().ok()))
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limit_ends_a_greedy_page_and_leaves_nothing() {
+    const LIMIT_MIB: u64 = 512;
+    let server = PageServer::start().await.unwrap();
+    let guacr =
+        GuacrProcess::builder().args(["--worker-memory-mib", &LIMIT_MIB.to_string()]).start().expect("starting guacr");
+    let log = guacr.log_contents();
+    assert!(
+        log.contains("Per-session cgroup v2 memory and CPU limits are on")
+            || log.contains("Per-session cgroup v1 memory limits are on"),
+        "this host gives guacr no memory cgroup (neither delegated cgroup v2 memory nor a writable cgroup v1 memory \
+         hierarchy), so the per-session memory limit cannot be enforced; log:\n{log}"
+    );
+    let before: BTreeSet<u32> = guacr.worker_pids().into_iter().collect();
+    let client = open(&guacr, &server.url("/hog"), &[]).await;
+    wait_colour(&client, &guacr, (WIDTH / 2, HEIGHT / 2), pages::GREY, "hog-before").await;
+    let tree = session_tree(&guacr, &before).await;
+    // The worker, its keeper and Chromium share the session's group, limited as configured; the
+    // supervisor is outside it.
+    let group = memory_cgroup(tree.worker).expect("the worker's memory cgroup");
+    for pid in [tree.keeper, tree.browser] {
+        assert_eq!(memory_cgroup(pid).as_ref(), Some(&group), "process {pid} is outside the session's group");
+    }
+    assert_ne!(memory_cgroup(guacr.pid()).as_ref(), Some(&group), "the supervisor is in the session's group");
+    let limit = ["memory.limit_in_bytes", "memory.max"]
+        .iter()
+        .find_map(|f| std::fs::read_to_string(group.join(f)).ok())
+        .unwrap_or_else(|| panic!("no memory limit file in {}", group.display()));
+    assert_eq!(limit.trim(), (LIMIT_MIB << 20).to_string(), "the limit of {}", group.display());
+    // A click starts the page filling memory without end: the kernel kills it at the limit, and the user
+    // gets 515.
+    client.send_mouse(500, 400, 0).await.unwrap();
+    client.send_mouse(500, 400, 1).await.unwrap();
+    client.send_mouse(500, 400, 0).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut kills = 0;
+    while client.state().errors.is_empty() {
+        kills = kills.max(oom_kills(&group));
+        assert!(Instant::now() < deadline, "no error after the page filled its memory; log:\n{}", guacr.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    kills = kills.max(oom_kills(&group));
+    let error = client.last_error().unwrap();
+    assert_eq!(error.status, 515, "{error:?}");
+    assert!(kills > 0, "the session ended ({error:?}) but the kernel killed nothing for the limit");
+    client.wait_closed(Duration::from_secs(10)).await.unwrap();
+    wait_gone(&tree.profile, &guacr).await;
+    // The session's group goes once its processes have.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while group.exists() {
+        assert!(Instant::now() < deadline, "{} is left behind; log:\n{}", group.display(), guacr.log_tail(40));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The operator learns why the page crashed.
+    assert!(guacr.log_contents().contains("reached its memory limit"), "log:\n{}", guacr.log_tail(40));
 }

@@ -128,6 +128,9 @@ impl Input {
         match keysym {
             0xff51 if mods == ALT => Some(Shortcut::Back),
             0xff53 if mods == ALT => Some(Shortcut::Forward),
+            // The keyboard's own browser keys (XF86Back, XF86Forward), with or without modifiers.
+            0x1008_ff26 => Some(Shortcut::Back),
+            0x1008_ff27 => Some(Shortcut::Forward),
             0x63 | 0x43 if mods & CTRL != 0 => Some(Shortcut::Copy),
             0x76 | 0x56 if mods & CTRL != 0 => Some(Shortcut::Paste),
             _ => None,
@@ -274,6 +277,8 @@ mod tests {
         assert_eq!(input.shortcut(0xff53), Some(Shortcut::Forward));
         input.key(0xffe9, false);
         assert_eq!(input.shortcut(0xff51), None);
+        assert_eq!(input.shortcut(0x1008_ff26), Some(Shortcut::Back));
+        assert_eq!(input.shortcut(0x1008_ff27), Some(Shortcut::Forward));
         assert_eq!(input.modifiers(), 0);
     }
 
