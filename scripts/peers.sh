@@ -17,9 +17,11 @@
 #             freerdp-shadow-cli on 127.0.0.1:3390 (-auth: TLS or standard RDP security, any credentials)
 #             and on 127.0.0.1:3391 (NLA only, NTLM against $RUN/rdp/shadow.sam: guactest/guacpass)
 #   xrdp      xrdp + xrdp-sesman with their own configs on 127.0.0.1:3389 (TLS, or standard RDP security
-#             at crypt_level=none); logging in as guactest/guacpass starts an Xorg (xorgxrdp) session
-#             running ~guactest/startwm.sh: the same plaid root and bash xterm; it lets root's X
-#             clients in (xhost) for screenshots. One xrdp stack per machine (sesman's port is fixed).
+#             with FIPS encryption, crypt_level=fips); logging in as guactest/guacpass starts an
+#             Xorg (xorgxrdp) session running ~guactest/startwm.sh: the same plaid root and bash
+#             xterm; it lets root's X clients in (xhost) for screenshots. A second xrdp listener on
+#             127.0.0.1:3392 (same sesman and session) allows only standard RDP security, with RC4
+#             (security_layer=rdp, crypt_level=high). One xrdp stack per machine (sesman's port is fixed).
 #   ssh       OpenSSH sshd with its own config and host keys on 127.0.0.1:2222 ($RUN/ssh); user guactest,
 #             password guacpass (password and keyboard-interactive), client keys in $RUN/ssh/keys:
 #             id_ed25519, id_ed25519_pass (passphrase "keypass"), id_rsa (PEM, 2048), id_ecdsa;
@@ -51,10 +53,12 @@ PACKAGES=(xvfb xauth x11-utils x11-apps x11-xserver-utils xterm fonts-dejavu-cor
 
 # Component names, in start order. Stop goes over all of them.
 COMPONENTS=(xvfb51 x11vnc51 xclock51 xterm51 xtigervnc52 xterm52 xtigervnc53 xterm53 sshd
-  xvfb55 xterm55 shadow3390 shadow3391 sesman xrdp)
+  xvfb55 xterm55 shadow3390 shadow3391 sesman xrdp xrdp3392)
 
 RDP_DIR=$RUN/rdp
 XRDP_PORT=3389
+# A second xrdp listener on the same sesman with RC4 encryption (crypt_level=high) for standard security.
+XRDP_RC4_PORT=3392
 SESMAN_PORT=3350
 SHADOW_DISPLAY=55
 SHADOW_PORT=3390
@@ -440,10 +444,13 @@ xrdp_setup() {
     openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj /CN=127.0.0.1 \
       -keyout "$dir/key.pem" -out "$dir/cert.pem" 2>/dev/null 9>&- || die "openssl could not make xrdp's certificate"
   fi
-  sed -e "s|^port=3389\$|port=tcp://127.0.0.1:$XRDP_PORT|" -e 's|^crypt_level=.*|crypt_level=none|' \
+  sed -e "s|^port=3389\$|port=tcp://127.0.0.1:$XRDP_PORT|" -e 's|^crypt_level=.*|crypt_level=fips|' \
     -e "s|^certificate=.*|certificate=$dir/cert.pem|" -e "s|^key_file=.*|key_file=$dir/key.pem|" \
     -e "/^\[Logging\]/,/^\[/ s|^LogFile=.*|LogFile=$LOGS/xrdp-server.log|" -e 's|^EnableSyslog=.*|EnableSyslog=false|' \
     /etc/xrdp/xrdp.ini >"$dir/xrdp.ini"
+  sed -e "0,/^port=/ s|^port=.*|port=tcp://127.0.0.1:$XRDP_RC4_PORT|" -e 's|^crypt_level=.*|crypt_level=high|' \
+    -e 's|^security_layer=.*|security_layer=rdp|' \
+    -e "/^\[Logging\]/,/^\[/ s|^LogFile=.*|LogFile=$LOGS/xrdp-rc4-server.log|" "$dir/xrdp.ini" >"$dir/xrdp-rc4.ini"
   sed -e 's|^KillDisconnected=.*|KillDisconnected=false|' \
     -e "/^\[Logging\]/,/^\[/ s|^LogFile=.*|LogFile=$LOGS/xrdp-sesman-server.log|" \
     -e 's|^EnableSyslog=.*|EnableSyslog=false|' /etc/xrdp/sesman.ini >"$dir/sesman.ini"
@@ -473,7 +480,14 @@ xrdp_setup() {
 
 start_xrdp() {
   local deadline=$(($(date +%s%N) + START_TIMEOUT_S * 1000000000))
-  if ! ours_pid sesman >/dev/null || ! ours_pid xrdp >/dev/null; then
+  # An xrdp an older harness started unencrypted (crypt_level=none) is restarted with today's config.
+  if ours_pid xrdp >/dev/null && ! grep -qx 'crypt_level=fips' "$RDP_DIR/xrdp/xrdp.ini" 2>/dev/null; then
+    stop_components xrdp
+  fi
+  if ours_pid xrdp3392 >/dev/null && ! grep -qx 'security_layer=rdp' "$RDP_DIR/xrdp/xrdp-rc4.ini" 2>/dev/null; then
+    stop_components xrdp3392
+  fi
+  if ! ours_pid sesman >/dev/null || ! ours_pid xrdp >/dev/null || ! ours_pid xrdp3392 >/dev/null; then
     [[ $(id -u) -eq 0 ]] || die "xrdp needs root (sesman starts sessions as the test user)"
     ssh_setup
     xrdp_setup
@@ -488,6 +502,12 @@ start_xrdp() {
     spawn xrdp xrdp xrdp --nodaemon --config "$RDP_DIR/xrdp/xrdp.ini"
   fi
   wait_for "$deadline" xrdp "port $XRDP_PORT" port_listening "$XRDP_PORT"
+  # With --nodaemon xrdp writes no PID file, so two listeners do not collide.
+  if ! ours_pid xrdp3392 >/dev/null; then
+    port_listening "$XRDP_RC4_PORT" && die "port $XRDP_RC4_PORT is held by something we did not start (xrdp)"
+    spawn xrdp3392 xrdp xrdp --nodaemon --config "$RDP_DIR/xrdp/xrdp-rc4.ini"
+  fi
+  wait_for "$deadline" xrdp3392 "port $XRDP_RC4_PORT" port_listening "$XRDP_RC4_PORT"
 }
 
 cmd_start() {
@@ -626,6 +646,12 @@ cmd_status() {
     printf '%-9s %-4s 127.0.0.1:%s\n' xrdp down "$XRDP_PORT"
     rc=1
   fi
+  if xrdp_pid=$(ours_pid xrdp3392) && port_listening "$XRDP_RC4_PORT"; then
+    printf '%-9s %-4s 127.0.0.1:%s  xrdp=%s (RC4)\n' xrdp-rc4 up "$XRDP_RC4_PORT" "$xrdp_pid"
+  else
+    printf '%-9s %-4s 127.0.0.1:%s (RC4)\n' xrdp-rc4 down "$XRDP_RC4_PORT"
+    rc=1
+  fi
   return $rc
 }
 
@@ -651,6 +677,7 @@ export GUACR_RDP_SHADOW=127.0.0.1:$SHADOW_PORT
 export GUACR_RDP_SHADOW_NLA=127.0.0.1:$SHADOW_NLA_PORT
 export GUACR_DISPLAY_RDP_SHADOW=:$SHADOW_DISPLAY
 export GUACR_RDP_XRDP=127.0.0.1:$XRDP_PORT
+export GUACR_RDP_XRDP_RC4=127.0.0.1:$XRDP_RC4_PORT
 export GUACR_RDP_USER=$SSH_USER
 export GUACR_RDP_PASSWORD=$SSH_PASSWORD
 EOF

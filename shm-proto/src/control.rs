@@ -37,10 +37,8 @@ pub const MAX_MIMETYPE: usize = 255;
 pub const TYPESCRIPT_CHUNK: usize = 64 * 1024;
 /// Longest `ack` message, in bytes.
 pub const MAX_ACK_MESSAGE: usize = 255;
-/// Parameter the supervisor adds to [`ToWorker::Start`]: the audio mimetypes the client listed in its
-/// handshake, separated by spaces (empty or absent: none). Not a guacd parameter; the supervisor replaces
-/// any value of that name the connection supplied.
-pub const AUDIO_MIMETYPES_PARAM: &str = "guacr-audio-mimetypes";
+/// Most audio mimetypes [`ToWorker::Start`] carries (a client lists a handful).
+pub const MAX_AUDIO_MIMETYPES: usize = 32;
 
 /// Connection parameters (guacd names and values). `Debug` redacts secrets.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,17 +56,13 @@ impl Params {
     }
 }
 
-/// The value of [`AUDIO_MIMETYPES_PARAM`] for the mimetypes a client listed: those that are printable
-/// ASCII without spaces and at most [`MAX_MIMETYPE`] bytes, separated by spaces.
-pub fn encode_audio_mimetypes(listed: &[String]) -> String {
+/// The mimetypes of a client's handshake `audio` that go into [`ToWorker::Start`]'s `audio_mimetypes`:
+/// those that are printable ASCII without spaces and at most [`MAX_MIMETYPE`] bytes, the first
+/// [`MAX_AUDIO_MIMETYPES`] of them. Anything else a client sent is not a sound format a worker could match.
+pub fn valid_audio_mimetypes(listed: &[String]) -> Vec<String> {
     let valid =
         listed.iter().filter(|m| m.len() <= MAX_MIMETYPE && !m.is_empty() && m.bytes().all(|b| b.is_ascii_graphic()));
-    valid.map(String::as_str).collect::<Vec<_>>().join(" ")
-}
-
-/// The client's audio mimetypes from a worker's parameters (see [`encode_audio_mimetypes`]).
-pub fn decode_audio_mimetypes(params: &Params) -> Vec<String> {
-    params.get(AUDIO_MIMETYPES_PARAM).map(|v| v.split_whitespace().map(str::to_string).collect()).unwrap_or_default()
+    valid.take(MAX_AUDIO_MIMETYPES).cloned().collect()
 }
 
 /// Whether a client that listed `listed` in its handshake plays an `audio` stream of `mimetype`: it
@@ -110,6 +104,8 @@ pub enum ToWorker {
         width: u32,
         height: u32,
         dpi: u32,
+        /// The audio mimetypes the client listed in its handshake, as [`valid_audio_mimetypes`] keeps them.
+        audio_mimetypes: Vec<String>,
     },
     Key {
         keysym: u32,
@@ -187,7 +183,7 @@ pub enum StreamFromWorker {
     /// Data on the worker's open stream, at most [`STREAM_CHUNK`] bytes.
     Blob { stream: u32, data: Vec<u8> },
     /// Opens the worker's stream `stream` as sound (`audio`) in `mimetype`, one the client listed in its
-    /// handshake ([`AUDIO_MIMETYPES_PARAM`]). Its blobs are not acknowledged by clients, so they are not
+    /// handshake (`ToWorker::Start`'s `audio_mimetypes`). Its blobs are not acknowledged by clients, so they are not
     /// held to [`STREAM_WINDOW`]; the supervisor drops them instead while the client is behind.
     Audio { stream: u32, mimetype: String },
     /// The worker's stream is complete (`end`).
@@ -360,12 +356,20 @@ mod tests {
     }
 
     #[test]
-    fn audio_mimetypes_travel_as_a_parameter_and_match_like_guacd() {
-        let listed = vec!["audio/L8".to_string(), "audio/L16".into(), "bad type".into(), "x\ny".into()];
-        let value = encode_audio_mimetypes(&listed);
-        assert_eq!(value, "audio/L8 audio/L16");
-        let params = Params(vec![(AUDIO_MIMETYPES_PARAM.into(), value)]);
-        let decoded = decode_audio_mimetypes(&params);
+    fn audio_mimetypes_travel_in_start_and_match_like_guacd() {
+        let listed = vec!["audio/L8".to_string(), "audio/L16".into(), "bad type".into(), "x\ny".into(), "".into()];
+        let start = ToWorker::Start {
+            session_id: "$s".into(),
+            params: Params::default(),
+            width: 640,
+            height: 480,
+            dpi: 96,
+            audio_mimetypes: valid_audio_mimetypes(&listed),
+        };
+        let bytes = postcard::to_stdvec(&start).unwrap();
+        let Some(ToWorker::Start { audio_mimetypes: decoded, .. }) = decode_packet(&bytes, bytes.len()).unwrap() else {
+            panic!("not a Start");
+        };
         assert_eq!(decoded, ["audio/L8", "audio/L16"]);
         assert!(client_accepts_audio(&decoded, "audio/L16;rate=44100,channels=2"));
         assert!(client_accepts_audio(&decoded, "audio/L16"));
@@ -374,7 +378,9 @@ mod tests {
         assert!(client_accepts_audio(&exact, "audio/L16;rate=22050,channels=1"));
         assert!(!client_accepts_audio(&exact, "audio/L16;rate=44100,channels=2"));
         assert!(!client_accepts_audio(&exact, "audio/L16"));
-        assert!(decode_audio_mimetypes(&Params::default()).is_empty());
+        let many: Vec<String> = (0..100).map(|i| format!("audio/x-{i}")).collect();
+        assert_eq!(valid_audio_mimetypes(&many).len(), MAX_AUDIO_MIMETYPES);
+        assert!(valid_audio_mimetypes(&["a".repeat(MAX_MIMETYPE + 1)]).is_empty());
     }
 
     #[tokio::test]

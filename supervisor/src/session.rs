@@ -196,17 +196,13 @@ async fn run_owner(
     let _active = shared.metrics.session_started(protocol.name());
     info!(protocol = protocol.name(), width = request.width, height = request.height, "Connection ready");
     let params = Params(request.params.clone());
-    // The worker learns which sound the client plays through a parameter only the supervisor sets.
-    let mut worker_params = params.clone();
-    worker_params.0.retain(|(name, _)| name != shm_proto::control::AUDIO_MIMETYPES_PARAM);
-    let audio = shm_proto::control::encode_audio_mimetypes(&request.audio);
-    worker_params.0.push((shm_proto::control::AUDIO_MIMETYPES_PARAM.into(), audio));
     let start = ToWorker::Start {
         session_id: connection_id.to_string(),
-        params: worker_params,
+        params: params.clone(),
         width: request.width,
         height: request.height,
         dpi: request.dpi,
+        audio_mimetypes: shm_proto::control::valid_audio_mimetypes(&request.audio),
     };
     if worker.control.send(&start).await.is_err() {
         worker::kill(&mut worker.child).await;

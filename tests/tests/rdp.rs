@@ -325,12 +325,34 @@ async fn xrdp_odd_width_desktop_is_not_sheared() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn xrdp_over_standard_rdp_security_logs_in() {
+/// xrdp runs at `crypt_level=fips` (scripts/peers.sh): standard RDP security with FIPS encryption, which
+/// worker-rdp's own layer (`stdsec.rs`) adds under IronRDP. Login, the image and typing all cross it.
+async fn xrdp_over_standard_rdp_security_with_fips_encryption_logs_in_and_takes_typing() {
     let _desktop = XRDP_DESKTOP.lock().await;
     let guacr = guacr();
     let client = open(&guacr, &peers::rdp_xrdp(), &[("security", "rdp")]).await;
     let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
     assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-rdp").await);
+    type_and_see(&client, &display, "xrdp-rdp-typing").await;
+}
+
+/// xrdp's second listener allows only standard RDP security, at `crypt_level=high` (scripts/peers.sh):
+/// `security=any` falls back to it, with RC4 128-bit. Over 4096 mouse moves first, so the client's RC4
+/// key is updated (MS-RDPBCGR 5.3.7) before the typing that must still reach the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xrdp_any_falls_back_to_standard_security_with_rc4_updates_keys_and_takes_typing() {
+    let _desktop = XRDP_DESKTOP.lock().await;
+    let guacr = guacr();
+    let addr = std::env::var("GUACR_RDP_XRDP_RC4").unwrap_or_else(|_| "127.0.0.1:3392".into());
+    let peer =
+        RdpPeer { role: "xrdp-rc4", addr: addr.parse().expect("GUACR_RDP_XRDP_RC4 address"), ..peers::rdp_xrdp() };
+    let client = open(&guacr, &peer, &[("security", "any")]).await;
+    let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
+    assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-rc4").await);
+    for i in 0..4200u32 {
+        client.send_mouse(100 + (i % 400) as i32, 100 + (i % 7) as i32, 0).await.unwrap();
+    }
+    type_and_see(&client, &display, "xrdp-rc4-typing").await;
 }
 
 /// The session's xterm (titled guacr-rdp-typing by scripts/peers.sh) is mapped and viewable.

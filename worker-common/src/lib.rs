@@ -145,6 +145,8 @@ pub struct Start {
     pub width: u32,
     pub height: u32,
     pub dpi: u32,
+    /// The audio mimetypes the client listed in its handshake (validated by the supervisor).
+    pub audio_mimetypes: Vec<String>,
 }
 
 /// What a worker's `Settings::from_params` found besides the settings.
@@ -191,8 +193,8 @@ impl WorkerSession {
             1
         })?;
         match session.wait_for_start().await {
-            Ok(Some(ToWorker::Start { session_id, params, width, height, dpi })) => {
-                Ok((session, Start { session_id, params, width, height, dpi }))
+            Ok(Some(ToWorker::Start { session_id, params, width, height, dpi, audio_mimetypes })) => {
+                Ok((session, Start { session_id, params, width, height, dpi, audio_mimetypes }))
             }
             Ok(_) => Err(0),
             Err(error) => {

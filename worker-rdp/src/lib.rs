@@ -6,4 +6,5 @@ pub mod cert;
 pub mod clipboard;
 pub mod keymap;
 pub mod settings;
+pub mod stdsec;
 pub mod worker;

@@ -168,9 +168,11 @@ pub struct Settings {
     pub initial_program: Option<String>,
     pub read_only: bool,
     pub disable_copy: bool,
-    /// The audio mimetypes the client plays (its handshake's list, from the supervisor); empty with
-    /// `disable-audio`: then no sound channel is joined.
+    /// The audio mimetypes the client plays (`Start`'s list, see [`Settings::set_client_audio`]); empty
+    /// with `disable-audio`: then no sound channel is joined.
     pub audio: Vec<String>,
+    /// `disable-audio`.
+    pub disable_audio: bool,
     pub disable_paste: bool,
     pub clipboard_buffer_size: usize,
     /// `normalize-clipboard`: line ends of text pasted to the server.
@@ -195,6 +197,12 @@ pub enum SettingsError {
 }
 
 impl Settings {
+    /// Takes the audio mimetypes the client listed in its handshake (`ToWorker::Start`'s
+    /// `audio_mimetypes`), unless `disable-audio` is set.
+    pub fn set_client_audio(&mut self, listed: &[String]) {
+        self.audio = if self.disable_audio { Vec::new() } else { listed.to_vec() };
+    }
+
     pub fn from_params(params: &Params) -> Result<(Settings, Notes), SettingsError> {
         let mut notes = Notes::default();
         let hostname = params.get("hostname").ok_or(SettingsError::NoHostname)?.trim().to_string();
@@ -318,11 +326,8 @@ impl Settings {
             initial_program: params.get("initial-program").map(str::to_string),
             read_only: params.flag("read-only"),
             disable_copy: params.flag("disable-copy"),
-            audio: if params.flag("disable-audio") {
-                Vec::new()
-            } else {
-                shm_proto::control::decode_audio_mimetypes(params)
-            },
+            audio: Vec::new(),
+            disable_audio: params.flag("disable-audio"),
             disable_paste: params.flag("disable-paste"),
             clipboard_buffer_size,
             line_ends,
@@ -358,14 +363,14 @@ mod tests {
 
     #[test]
     fn audio_follows_the_client_unless_disabled() {
-        use shm_proto::control::AUDIO_MIMETYPES_PARAM;
-        let (s, _) = Settings::from_params(&params(&[("hostname", "h")])).unwrap();
+        let (mut s, _) = Settings::from_params(&params(&[("hostname", "h")])).unwrap();
+        s.set_client_audio(&[]);
         assert!(s.audio.is_empty(), "no client list: no sound");
-        let listed = [("hostname", "h"), (AUDIO_MIMETYPES_PARAM, "audio/L8 audio/L16")];
-        let (s, _) = Settings::from_params(&params(&listed)).unwrap();
+        s.set_client_audio(&["audio/L8".into(), "audio/L16".into()]);
         assert_eq!(s.audio, ["audio/L8", "audio/L16"]);
-        let disabled = [("hostname", "h"), (AUDIO_MIMETYPES_PARAM, "audio/L16"), ("disable-audio", "true")];
-        let (s, notes) = Settings::from_params(&params(&disabled)).unwrap();
+        let disabled = [("hostname", "h"), ("disable-audio", "true")];
+        let (mut s, notes) = Settings::from_params(&params(&disabled)).unwrap();
+        s.set_client_audio(&["audio/L16".into()]);
         assert!(s.audio.is_empty() && notes.unsupported.is_empty());
     }
 

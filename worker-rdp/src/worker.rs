@@ -52,6 +52,7 @@ use crate::cert::{self, PolicyVerifier, Verdict};
 use crate::clipboard::{self as clip, ClipEvent, ClipQueue};
 use crate::keymap::Keyboard;
 use crate::settings::{ResizeMethod, Security, Settings, DEFAULT_DPI, DEFAULT_HEIGHT, DEFAULT_WIDTH};
+use crate::stdsec::ShimStream;
 
 /// The RDP connection sequence after TCP: negotiation, TLS, CredSSP, licensing, capabilities.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -103,6 +104,12 @@ impl Failure {
             failure.standard_only = n.code() == FailureCode::SSL_NOT_ALLOWED_BY_SERVER;
             failure.message = format!("RDP security negotiation failed (wrong security type?): {n}");
         }
+        // A server that allows only standard security may also just select it (xrdp with
+        // `security_layer=rdp` does), which IronRDP refuses when TLS was offered; it has no error kind
+        // for that, so its message is the signal.
+        if let ConnectorErrorKind::Reason(reason) = e.kind() {
+            failure.standard_only = reason.contains("server selected STANDARD_RDP_SECURITY");
+        }
         failure
     }
 }
@@ -129,6 +136,7 @@ pub async fn run(_args: &WorkerArgs) -> i32 {
             Ok(begun) => begun,
             Err(code) => return code,
         };
+    settings.set_client_audio(&start.audio_mimetypes);
     // The surface bounds the desktop; the parameters win over the client's size, like guacd.
     let geometry = session.frames.geometry();
     let width = settings.width.or((start.width > 0).then_some(start.width)).unwrap_or(DEFAULT_WIDTH);
@@ -434,8 +442,12 @@ async fn handshake(
     info!(protocol = %selected, "RDP security negotiated");
     let server_name = ServerName::new(settings.hostname.clone());
     let mut server_public_key = Vec::new();
-    if !selected.is_standard_rdp_security() {
-        let (tcp, leftover) = framed.into_inner();
+    let (tcp, leftover) = framed.into_inner();
+    if selected.is_standard_rdp_security() {
+        // IronRDP speaks standard security only unencrypted: the shim adds FIPS encryption when the
+        // server asks for it and passes an unencrypted session through.
+        framed = TokioFramed::new(Box::new(ShimStream::new(tcp, &leftover)));
+    } else {
         let (tls, key) = upgrade_tls(settings, tcp).await?;
         server_public_key = key;
         framed = TokioFramed::new_with_leftover(tls, leftover);

@@ -233,6 +233,7 @@ async fn input_is_forwarded_as_rfb_messages() {
             width: 64,
             height: 48,
             dpi: 96,
+            audio_mimetypes: Vec::new(),
         })
         .await;
     worker.send(ToWorker::Key { keysym: 0x62, pressed: true }).await;

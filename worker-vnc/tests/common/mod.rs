@@ -244,7 +244,16 @@ impl Worker {
     /// Spawns the worker and sends `Start`.
     pub async fn start(params: Params, width: u32, height: u32) -> Worker {
         let worker = Worker::start_without_start().await;
-        worker.send(ToWorker::Start { session_id: "$test".into(), params, width, height, dpi: 96 }).await;
+        worker
+            .send(ToWorker::Start {
+                session_id: "$test".into(),
+                params,
+                width,
+                height,
+                dpi: 96,
+                audio_mimetypes: Vec::new(),
+            })
+            .await;
         worker
     }
 
