@@ -9,7 +9,7 @@
 use flate2::Decompress;
 use shm_proto::Rect;
 
-use super::surface::{rgb, Surface, BPP};
+use super::surface::{pixels, rgb, Surface, BPP};
 use super::wire::Reader;
 use super::RfbError;
 
@@ -163,15 +163,30 @@ impl TightDecoder {
                         Ok(())
                     }
                     Filter::Palette(colours) => {
-                        let palette: Vec<[u8; 4]> = colours.chunks_exact(3).map(|c| rgb(c, swap)).collect();
-                        let row_len = if palette.len() == 2 { w.div_ceil(8) } else { w };
+                        // An index past the palette is an error, found before its row is drawn.
+                        let mut palette = [[0u8; BPP]; 256];
+                        let size = colours.len() / 3;
+                        for (p, c) in palette.iter_mut().zip(colours.chunks_exact(3)) {
+                            *p = rgb(c, swap);
+                        }
+                        let row_len = if size == 2 { w.div_ceil(8) } else { w };
                         for (y, src) in bytes.chunks_exact(row_len.max(1)).take(rect.h as usize).enumerate() {
-                            let dst = surface.row(rect.x, rect.y + y as u32, rect.w)?;
-                            for (x, d) in dst.chunks_exact_mut(BPP).enumerate() {
-                                let index = if palette.len() == 2 { (src[x / 8] >> (7 - x % 8)) & 1 } else { src[x] };
-                                d.copy_from_slice(
-                                    palette.get(index as usize).ok_or(invalid("palette index out of range"))?,
-                                );
+                            let dst = pixels(surface.row(rect.x, rect.y + y as u32, rect.w)?);
+                            if size == 2 {
+                                // One bit per pixel, most significant first; a row ends on a byte boundary.
+                                let (zero, one) = (palette[0], palette[1]);
+                                for (chunk, &byte) in dst.chunks_mut(8).zip(src) {
+                                    for (i, d) in chunk.iter_mut().enumerate() {
+                                        *d = if byte & (0x80 >> i) != 0 { one } else { zero };
+                                    }
+                                }
+                            } else {
+                                if src.iter().any(|&index| usize::from(index) >= size) {
+                                    return Err(invalid("palette index out of range"));
+                                }
+                                for (d, &index) in dst.iter_mut().zip(src) {
+                                    *d = palette[usize::from(index)];
+                                }
                             }
                         }
                         Ok(())
@@ -183,8 +198,16 @@ impl TightDecoder {
 }
 
 fn write_rgb_row(dst: &mut [u8], src: &[u8], swap: bool) {
-    for (d, s) in dst.chunks_exact_mut(BPP).zip(src.chunks_exact(3)) {
-        d.copy_from_slice(&rgb(s, swap));
+    let (dst, src) = (pixels(dst), src.as_chunks::<3>().0);
+    // The branch outside the loop: each pixel is then one 4-byte store.
+    if swap {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = [s[0], s[1], s[2], 0];
+        }
+    } else {
+        for (d, s) in dst.iter_mut().zip(src) {
+            *d = [s[2], s[1], s[0], 0];
+        }
     }
 }
 
@@ -207,19 +230,18 @@ fn decode_jpeg(jpeg: &[u8], rect: Rect, surface: &mut Surface<'_>, swap: bool) -
     if (u32::from(info.width), u32::from(info.height)) != (rect.w, rect.h) {
         return Err(invalid("JPEG size differs from the rectangle"));
     }
-    let pixels = decoder.decode().map_err(|_| invalid("JPEG data does not decode"))?;
+    let decoded = decoder.decode().map_err(|_| invalid("JPEG data does not decode"))?;
     let w = rect.w as usize;
     match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 if pixels.len() == w * rect.h as usize * 3 => {
-            for (y, src) in pixels.chunks_exact(w * 3).enumerate() {
+        jpeg_decoder::PixelFormat::RGB24 if decoded.len() == w * rect.h as usize * 3 => {
+            for (y, src) in decoded.chunks_exact(w * 3).enumerate() {
                 write_rgb_row(surface.row(rect.x, rect.y + y as u32, rect.w)?, src, swap);
             }
         }
-        jpeg_decoder::PixelFormat::L8 if pixels.len() == w * rect.h as usize => {
-            for (y, src) in pixels.chunks_exact(w).enumerate() {
-                let dst = surface.row(rect.x, rect.y + y as u32, rect.w)?;
-                for (d, &g) in dst.chunks_exact_mut(BPP).zip(src) {
-                    d.copy_from_slice(&[g, g, g, 0]);
+        jpeg_decoder::PixelFormat::L8 if decoded.len() == w * rect.h as usize => {
+            for (y, src) in decoded.chunks_exact(w).enumerate() {
+                for (d, &g) in pixels(surface.row(rect.x, rect.y + y as u32, rect.w)?).iter_mut().zip(src) {
+                    *d = [g, g, g, 0];
                 }
             }
         }
@@ -310,6 +332,56 @@ mod tests {
         let (p, _) = run(&mut dec, &bytes, Rect::new(0, 0, 4, 4), false).unwrap();
         for (x, y) in [(0, 0), (3, 0), (0, 3), (3, 3)] {
             assert_eq!(px(&p, x, y), [7, 6, 5, 0], "({x},{y})");
+        }
+    }
+
+    /// Palette rows wider than one byte of bits, ending mid-byte, at an offset: every pixel against the
+    /// spec's reading (bit 7 first for two colours, one index a byte otherwise), both channel orders.
+    #[test]
+    fn palettes_expand_pixel_by_pixel() {
+        const SW: usize = 16;
+        let rect = Rect::new(3, 1, 11, 2);
+        let colours: [[u8; 3]; 3] = [[1, 2, 3], [40, 50, 60], [200, 100, 0]];
+        let expect = |index: usize, swap: bool| {
+            let [r, g, b] = colours[index];
+            if swap {
+                [r, g, b, 0]
+            } else {
+                [b, g, r, 0]
+            }
+        };
+        for swap in [false, true] {
+            // Two colours: 11 pixels = 2 bytes a row (the last 5 bits are padding).
+            let rows = [[0b1011_0010u8, 0b1010_0000], [0b0100_1101, 0b0110_0000]];
+            let mut bytes = vec![0x40u8, FILTER_PALETTE, 1];
+            bytes.extend(colours[..2].concat());
+            bytes.extend(rows.concat());
+            let mut pixels = vec![0xee; SW * 4 * BPP];
+            let t = parse(&mut Reader::new(&bytes), rect).unwrap().expect("complete");
+            TightDecoder::new().decode(t, rect, &mut Surface::new(&mut pixels, SW * BPP), swap).unwrap();
+            for (y, row) in rows.iter().enumerate() {
+                for x in 0..11 {
+                    let bit = (row[x / 8] >> (7 - x % 8)) & 1;
+                    let at = ((1 + y) * SW + 3 + x) * BPP;
+                    assert_eq!(pixels[at..at + 4], expect(bit as usize, swap), "two colours ({x},{y}) swap {swap}");
+                }
+            }
+            assert_eq!(pixels[(SW + 14) * BPP..][..4], [0xee; 4], "nothing drawn past the rectangle");
+
+            // Three colours: one index a byte, 22 bytes ≥ 12, so compressed.
+            let indices: Vec<u8> = (0..22).map(|i| (i * 7 % 3) as u8).collect();
+            let wire = deflate_sync(&mut Compress::new(Compression::fast(), true), &indices);
+            let mut bytes = vec![0x40u8, FILTER_PALETTE, 2];
+            bytes.extend(colours.concat());
+            bytes.push(wire.len() as u8);
+            bytes.extend(&wire);
+            let mut pixels = vec![0xee; SW * 4 * BPP];
+            let t = parse(&mut Reader::new(&bytes), rect).unwrap().expect("complete");
+            TightDecoder::new().decode(t, rect, &mut Surface::new(&mut pixels, SW * BPP), swap).unwrap();
+            for (i, &index) in indices.iter().enumerate() {
+                let at = ((1 + i / 11) * SW + 3 + i % 11) * BPP;
+                assert_eq!(pixels[at..at + 4], expect(index as usize, swap), "three colours, pixel {i}");
+            }
         }
     }
 

@@ -7,7 +7,7 @@
 use flate2::Decompress;
 use shm_proto::Rect;
 
-use super::surface::{bgr, Surface, BPP};
+use super::surface::{bgr, pixels, Surface, BPP};
 use super::wire::Reader;
 use super::RfbError;
 
@@ -55,13 +55,13 @@ fn decode_tile(r: &mut Reader<'_>, px: &mut [u8], tw: usize) -> Result<(), &'sta
     match sub {
         0 => {
             let raw = r.bytes(n * 3).ok_or(SHORT)?;
-            for (d, s) in px.chunks_exact_mut(BPP).zip(raw.chunks_exact(3)) {
-                d.copy_from_slice(&bgr(s));
+            for (d, s) in pixels(px).iter_mut().zip(raw.as_chunks::<3>().0) {
+                *d = [s[0], s[1], s[2], 0];
             }
         }
         1 => {
             let p = bgr(r.bytes(3).ok_or(SHORT)?);
-            px.chunks_exact_mut(BPP).for_each(|d| d.copy_from_slice(&p));
+            pixels(px).fill(p);
         }
         2..=16 => {
             let palette = read_palette(r, sub as usize)?;
@@ -75,12 +75,12 @@ fn decode_tile(r: &mut Reader<'_>, px: &mut [u8], tw: usize) -> Result<(), &'sta
             let packed = r.bytes(row_bytes * th).ok_or(SHORT)?;
             let per_byte = 8 / bits;
             let mask = (1u8 << bits) - 1;
-            for (y, row) in px.chunks_exact_mut(tw * BPP).enumerate() {
+            for (y, row) in pixels(px).chunks_exact_mut(tw).enumerate() {
                 let src = &packed[y * row_bytes..][..row_bytes];
-                for (x, d) in row.chunks_exact_mut(BPP).enumerate() {
+                for (x, d) in row.iter_mut().enumerate() {
                     let shift = 8 - bits * (x % per_byte + 1);
                     let index = (src[x / per_byte] >> shift) & mask;
-                    d.copy_from_slice(palette.get(index as usize).ok_or("palette index out of range")?);
+                    *d = *palette.get(index as usize).ok_or("palette index out of range")?;
                 }
             }
         }
@@ -89,7 +89,7 @@ fn decode_tile(r: &mut Reader<'_>, px: &mut [u8], tw: usize) -> Result<(), &'sta
             while i < n {
                 let p = bgr(r.bytes(3).ok_or(SHORT)?);
                 let len = run_length(r, n - i)?;
-                px[i * BPP..(i + len) * BPP].chunks_exact_mut(BPP).for_each(|d| d.copy_from_slice(&p));
+                pixels(&mut px[i * BPP..(i + len) * BPP]).fill(p);
                 i += len;
             }
         }
@@ -100,7 +100,7 @@ fn decode_tile(r: &mut Reader<'_>, px: &mut [u8], tw: usize) -> Result<(), &'sta
                 let index = r.u8().ok_or(SHORT)?;
                 let p = *palette.get((index & 0x7f) as usize).ok_or("palette index out of range")?;
                 let len = if index & 0x80 != 0 { run_length(r, n - i)? } else { 1 };
-                px[i * BPP..(i + len) * BPP].chunks_exact_mut(BPP).for_each(|d| d.copy_from_slice(&p));
+                pixels(&mut px[i * BPP..(i + len) * BPP]).fill(p);
                 i += len;
             }
         }
