@@ -175,7 +175,7 @@ impl Cgroups {
                 .filter(|rest| rest.is_empty() || rest.starts_with('/'))
                 .ok_or_else(|| format!("our memory cgroup {own} is outside the mounted {mount_root}"))?
         };
-        let root = mount.join(relative.trim_start_matches('/'));
+        let root = under_mount(&mount, relative)?;
         if !root.join("memory.limit_in_bytes").exists() {
             return Err(format!("{} has no memory.limit_in_bytes", root.display()));
         }
@@ -189,7 +189,7 @@ impl Cgroups {
         let read = |p: PathBuf| std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
         let mount = cgroup2_mount(&read(proc_self.join("mountinfo"))?).ok_or("no cgroup2 file system mounted")?;
         let own = own_cgroup(&read(proc_self.join("cgroup"))?).ok_or("not in a cgroup v2 hierarchy")?;
-        let root = mount.join(own.trim_start_matches('/'));
+        let root = under_mount(&mount, &own)?;
         let controllers = read(root.join("cgroup.controllers"))?;
         if !has_controllers(&controllers) {
             return Err(format!("{} offers controllers {:?}, need memory and cpu", root.display(), controllers.trim()));
@@ -326,6 +326,15 @@ fn cgroup2_mount(mountinfo: &str) -> Option<PathBuf> {
 /// Our path in the unified hierarchy, from `/proc/self/cgroup` (the `0::` line).
 fn own_cgroup(cgroup: &str) -> Option<String> {
     cgroup.lines().find_map(|l| l.strip_prefix("0::")).map(|p| p.trim().to_string())
+}
+
+/// Our cgroup directory: `path` (from `/proc/self/cgroup`) under `mount`. The kernel writes a group outside
+/// our cgroup namespace as a `/..` path, which joined onto the mount would lead out of it.
+fn under_mount(mount: &Path, path: &str) -> Result<PathBuf, String> {
+    if path.split('/').any(|c| c == "..") {
+        return Err(format!("our cgroup {path} is outside our cgroup namespace"));
+    }
+    Ok(mount.join(path.trim_start_matches('/')))
 }
 
 /// The mount point and mounted root of the cgroup v1 hierarchy holding the memory controller.
@@ -483,6 +492,15 @@ mod tests {
         std::fs::write(dir.join("cgroup"), "4:memory:/outerx/me\n").unwrap();
         let err = Cgroups::try_detect_v1(&dir).unwrap_err();
         assert!(err.contains("outside the mounted /outer"), "{err}");
+        // Nor one outside our cgroup namespace, which the kernel writes with `..`: joined, it would leave
+        // the mount (here for a directory that looks like a memory group).
+        std::fs::create_dir_all(dir.join("escaped")).unwrap();
+        std::fs::write(dir.join("escaped/memory.limit_in_bytes"), "9223372036854771712\n").unwrap();
+        std::fs::write(dir.join("mountinfo"), format!("3 2 0:2 / {} rw - cgroup cgroup rw,memory\n", v1.display()))
+            .unwrap();
+        std::fs::write(dir.join("cgroup"), "4:memory:/../escaped\n").unwrap();
+        let err = Cgroups::try_detect_v1(&dir).unwrap_err();
+        assert!(err.contains("outside our cgroup namespace"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

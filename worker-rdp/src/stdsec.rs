@@ -581,6 +581,10 @@ struct Encrypted {
     /// Until the server's first PDU that is not a licensing PDU, IronRDP's PDUs carry a basic security
     /// header (Client Info, licensing); afterwards they carry none.
     licensing: bool,
+    /// The MCS message channel, if the server opened one: its PDUs (auto-detect, heartbeat, multitransport)
+    /// keep a basic security header at level NONE too (2.2.14.1, 2.2.16.1), which IronRDP reads and writes,
+    /// and they come before licensing as well, so they neither lose their header nor end licensing.
+    message_channel: Option<u16>,
 }
 
 enum Phase {
@@ -691,6 +695,8 @@ impl Shim {
         exchange.extend_from_slice(&[0, 0]);
         exchange.extend_from_slice(&(encrypted.len() as u32).to_le_bytes());
         exchange.extend_from_slice(&encrypted);
+        let message_channel =
+            response.conference_create_response.gcc_blocks().message_channel.as_ref().map(|m| m.mcs_message_channel_id);
         let rewritten = without_security(data, response)?;
         self.phase = Phase::Encrypted(Box::new(Encrypted {
             keys: if method == EncryptionMethod::FIPS {
@@ -700,6 +706,7 @@ impl Shim {
             },
             exchange: Some(exchange),
             licensing: true,
+            message_channel,
         }));
         x224_frame(rewritten)
     }
@@ -775,7 +782,7 @@ impl Encrypted {
             out = ironrdp_pdu::encode_vec(&X224(pdu)).map_err(encode_err)?;
         }
         let data = request.user_data.as_ref();
-        let user_data = if self.licensing {
+        let user_data = if self.licensing || Some(request.channel_id) == self.message_channel {
             let flags = data.get(..2).map(|f| u16::from_le_bytes([f[0], f[1]])).ok_or(encode_err("headerless PDU"))?;
             if flags & SEC_LICENSE_PKT != 0 {
                 // Client licensing PDUs travel unencrypted (the server did not ask otherwise).
@@ -815,7 +822,7 @@ impl Encrypted {
         } else {
             Cow::Borrowed(&data[4..])
         };
-        let user_data = if flags & SEC_LICENSE_PKT != 0 {
+        let user_data = if flags & SEC_LICENSE_PKT != 0 || Some(indication.channel_id) == self.message_channel {
             let mut with_header = (flags & !SEC_ENCRYPT).to_le_bytes().to_vec();
             with_header.extend_from_slice(&[0, 0]);
             with_header.extend_from_slice(&body);
@@ -946,7 +953,8 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ShimStream<T> {
 mod tests {
     use super::*;
     use ironrdp_pdu::gcc::{
-        EncryptionLevel, RdpVersion, ServerCoreData, ServerCoreOptionalData, ServerGccBlocks, ServerNetworkData,
+        EncryptionLevel, RdpVersion, ServerCoreData, ServerCoreOptionalData, ServerGccBlocks, ServerMessageChannelData,
+        ServerNetworkData,
     };
     use ironrdp_pdu::mcs::DomainParameters;
 
@@ -994,6 +1002,11 @@ mod tests {
     }
 
     fn connect_response(security: ServerSecurityData) -> Vec<u8> {
+        connect_response_with(security, None)
+    }
+
+    /// A Connect Response that opens the MCS message channel `message_channel`, if given.
+    fn connect_response_with(security: ServerSecurityData, message_channel: Option<u16>) -> Vec<u8> {
         let blocks = ServerGccBlocks {
             core: ServerCoreData {
                 version: RdpVersion(0x0008_0004),
@@ -1004,7 +1017,7 @@ mod tests {
             },
             network: ServerNetworkData { channel_ids: vec![1004], io_channel: 1003 },
             security,
-            message_channel: None,
+            message_channel: message_channel.map(|id| ServerMessageChannelData { mcs_message_channel_id: id }),
             multi_transport_channel: None,
         };
         let response = ConnectResponse {
@@ -1155,6 +1168,41 @@ mod tests {
         let plain = shim.incoming(&update).unwrap();
         assert_eq!(plain[0], 0);
         assert_eq!(&plain[fast_path_lengths(&plain).unwrap()..], b"bitmap update");
+    }
+
+    /// Message-channel PDUs (auto-detect here) keep their basic security header both ways and come before
+    /// licensing without ending it.
+    #[test]
+    fn message_channel_pdus_keep_their_header_and_do_not_end_licensing() {
+        const MESSAGE_CHANNEL: u16 = 1005;
+        let mut shim = shim();
+        shim.outgoing(&unhex(CONNECT_INITIAL)).unwrap();
+        let (n, _) = server_key();
+        let response = connect_response_with(fips_security(proprietary_certificate(&n)), Some(MESSAGE_CHANNEL));
+        shim.incoming(&response).unwrap();
+        let mut server = Fips::server(&CLIENT_RANDOM, &SERVER_RANDOM);
+        let sent = requests(shim.outgoing(&send_data_request(&[0x40, 0, 0, 0, 1])).unwrap());
+        assert_eq!(server.open_fips("test", &sent[1][4..]).unwrap(), [1]);
+
+        // Connect-time auto-detect request: IronRDP reads the header (SEC_AUTODETECT_REQ) itself.
+        let request = server.seal_slow_path(0x1000, b"rtt request");
+        let indication = SendDataIndication {
+            initiator_id: 1002,
+            channel_id: MESSAGE_CHANNEL,
+            user_data: Cow::Borrowed(&request[..]),
+        };
+        let seen = indication_data(&shim.incoming(&ironrdp_pdu::encode_vec(&X224(indication)).unwrap()).unwrap());
+        assert_eq!(seen, [&[0x00, 0x10, 0, 0][..], b"rtt request"].concat());
+        // IronRDP's response carries its header (SEC_AUTODETECT_RSP), which is kept and gets SEC_ENCRYPT.
+        let answer = [&[0x00, 0x20, 0, 0][..], b"rtt response"].concat();
+        let request =
+            SendDataRequest { initiator_id: 1007, channel_id: MESSAGE_CHANNEL, user_data: Cow::Borrowed(&answer) };
+        let sent = requests(shim.outgoing(&ironrdp_pdu::encode_vec(&X224(request)).unwrap()).unwrap());
+        assert_eq!(u16::from_le_bytes([sent[0][0], sent[0][1]]), 0x2000 | SEC_ENCRYPT);
+        assert_eq!(server.open_fips("test", &sent[0][4..]).unwrap(), b"rtt response");
+        // Licensing goes on: IronRDP's licensing PDU still travels with its header, unencrypted.
+        let license = [&[0x80, 0, 0, 0][..], b"new license request"].concat();
+        assert_eq!(requests(shim.outgoing(&send_data_request(&license)).unwrap()), [license]);
     }
 
     #[test]
