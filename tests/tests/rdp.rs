@@ -346,7 +346,12 @@ async fn xrdp_any_falls_back_to_standard_security_with_rc4_updates_keys_and_take
     let addr = std::env::var("GUACR_RDP_XRDP_RC4").unwrap_or_else(|_| "127.0.0.1:3392".into());
     let peer =
         RdpPeer { role: "xrdp-rc4", addr: addr.parse().expect("GUACR_RDP_XRDP_RC4 address"), ..peers::rdp_xrdp() };
-    let client = open(&guacr, &peer, &[("security", "any")]).await;
+    // Falling back to standard security gives up server authentication: only with `ignore-cert`.
+    let refused = open(&guacr, &peer, &[("security", "any")]).await;
+    let error = wait_error(&refused).await;
+    assert_eq!(error.status, 515, "{error:?}");
+    assert!(error.message.contains("security=rdp"), "{error:?}");
+    let client = open(&guacr, &peer, &[("security", "any"), ("ignore-cert", "true")]).await;
     let display = xrdp_session(&client, &guacr, (WIDTH, HEIGHT)).await;
     assert_plaid(&wait_matches_x_server(&client, &display, "xrdp-rc4").await);
     for i in 0..4200u32 {

@@ -31,6 +31,7 @@ use ironrdp_pdu::mcs::{ConnectInitial, ConnectResponse, McsMessage, SendDataIndi
 use ironrdp_pdu::x224::{X224Data, X224};
 use num_bigint::BigUint;
 use sha1::{Digest, Sha1};
+use subtle::ConstantTimeEq;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Basic security header flags (MS-RDPBCGR 2.2.8.1.1.2.1).
@@ -337,7 +338,8 @@ impl Fips {
         buf.truncate(buf.len() - usize::from(pad));
         let count = dir.count;
         dir.count = dir.count.wrapping_add(1);
-        if self.signature(&buf, count) != sig {
+        // Constant time: a timing oracle on the MAC must not tell how many of its bytes were right.
+        if !bool::from(self.signature(&buf, count)[..].ct_eq(sig)) {
             return Err(StdSecError::BadMac);
         }
         Ok(buf)
@@ -529,7 +531,7 @@ impl Rc4Keys {
         }
         let mut data = rest[SIGNATURE_LEN..].to_vec();
         let number = self.decrypt.apply(self.method, &mut data);
-        if self.signature(&data, salted.then_some(number)) != rest[..SIGNATURE_LEN] {
+        if !bool::from(self.signature(&data, salted.then_some(number))[..].ct_eq(&rest[..SIGNATURE_LEN])) {
             return Err(StdSecError::BadMac);
         }
         Ok(data)

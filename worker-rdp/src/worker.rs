@@ -279,8 +279,19 @@ async fn negotiate(
         (Security::Rdp, _) => Protocols { tls: false, nla: false, standard: true },
     };
     match connect_once(settings, addrs, size, dpi, protocols, channels.clone()).await {
+        // Standard RDP security cannot authenticate the server, and anyone on the path can answer that
+        // it is all the server allows: falling back is a downgrade, so only a user who waived the
+        // certificate check (`ignore-cert`) gets it implicitly; `security=rdp` asks for it outright.
+        Err(failure) if failure.standard_only && settings.security == Security::Any && !settings.cert.ignore => {
+            warn!("RDP server allows only standard RDP security; not falling back to it without ignore-cert");
+            Err(Failure::new(
+                status::UPSTREAM_ERROR,
+                "The RDP server allows only standard RDP security, which cannot verify its identity: \
+                 set security=rdp (or ignore-cert=true) to accept it",
+            ))
+        }
         Err(failure) if failure.standard_only && settings.security == Security::Any => {
-            info!("RDP server allows only standard RDP security; reconnecting with it");
+            warn!("RDP server allows only standard RDP security; reconnecting with it (no server authentication)");
             let standard = Protocols { tls: false, nla: false, standard: true };
             connect_once(settings, addrs, size, dpi, standard, channels).await
         }
@@ -621,6 +632,12 @@ impl Worker {
                                 return end;
                             }
                         }
+                    }
+                    // Bytes that break the protocol (a malformed PDU, or a bad MAC under standard RDP
+                    // security's encryption) are the server's error, not a lost connection.
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        warn!(error = %e, "RDP server sent invalid data");
+                        return End::Fail(Failure::new(status::UPSTREAM_ERROR, format!("RDP server sent invalid data: {e}")));
                     }
                     // Like guacd: the connection dropped without the server saying why.
                     Err(e) => {
