@@ -5,7 +5,9 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::time::Duration;
 
+use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
@@ -14,6 +16,8 @@ use crate::damage::Rect;
 
 /// Largest encoded control message. Clipboard data travels in chunks of [`CLIPBOARD_CHUNK`].
 pub const MAX_CONTROL_MESSAGE: usize = 128 * 1024;
+/// The longest pause between two tries of a send the peer has no room for (see `send_packet`).
+const SEND_RETRY_MAX: Duration = Duration::from_millis(5);
 /// Clipboard bytes per message.
 pub const CLIPBOARD_CHUNK: usize = 32 * 1024;
 /// Largest cursor image a worker may send (pixels per side).
@@ -263,7 +267,10 @@ impl ControlChannel {
         flags.insert(nix::fcntl::OFlag::O_NONBLOCK);
         nix::fcntl::fcntl(&fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
         Ok(ControlChannel {
-            fd: crate::raw::register_async(fd)?,
+            // Readable only: a socket registered for writability too wakes its reactor each time the peer
+            // reads a message (the kernel signals the freed buffer space), about once per frame on each
+            // side. A send waits for writability only after the kernel refused it (`send_packet`).
+            fd: crate::raw::register_async(fd, tokio::io::Interest::READABLE)?,
             recv_buf: std::sync::Mutex::new(vec![0; MAX_CONTROL_MESSAGE + 1]),
         })
     }
@@ -284,14 +291,20 @@ impl ControlChannel {
     }
 
     async fn send_packet(&self, bytes: &[u8]) -> Result<(), ControlError> {
+        // The peer's receive queue is full only while it is not reading (busy, stopped or hung). The socket
+        // is registered for readability only, so room is waited for by polling: a short sleep, growing to
+        // `SEND_RETRY_MAX`. Waiting for writability would need a second registration of a duplicate
+        // descriptor, and the workers' seccomp filter allows no `dup`.
+        let mut pause = Duration::from_micros(250);
         loop {
-            let mut guard = self.fd.writable().await?;
-            let sent = guard.try_io(|fd| {
-                socket::send(fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT)
-                    .map_err(io::Error::from)
-            });
-            if let Ok(result) = sent {
-                return result.map(drop).map_err(ControlError::Io);
+            match socket::send(self.fd.as_raw_fd(), bytes, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT) {
+                Ok(_) => return Ok(()),
+                Err(Errno::EAGAIN) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(SEND_RETRY_MAX);
+                }
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(ControlError::Io(e.into())),
             }
         }
     }
@@ -413,6 +426,37 @@ mod tests {
         let last = a.recv::<FromWorker>().await.unwrap();
         assert!(matches!(last, Some(FromWorker::Failed { status: 519, .. })), "{last:?}");
         assert!(a.recv::<FromWorker>().await.unwrap().is_none());
+    }
+
+    /// A peer that stops reading fills the socket; the sender then waits (the socket is registered for
+    /// readability only) and every message arrives, in order, once the peer reads again.
+    #[tokio::test]
+    async fn a_send_to_a_full_socket_waits_for_the_reader() {
+        let (a, b) = ControlChannel::pair().unwrap();
+        let (a, b) = (ControlChannel::new(a).unwrap(), ControlChannel::new(b).unwrap());
+        let chunk = |i: u32| ToWorker::Key { keysym: i, pressed: true };
+        // Find how many messages fit before the kernel refuses one.
+        let mut fitted = 0u32;
+        while socket::send(a.fd.as_raw_fd(), &postcard::to_stdvec(&chunk(fitted)).unwrap(), MsgFlags::MSG_DONTWAIT)
+            .is_ok()
+        {
+            fitted += 1;
+            assert!(fitted < 1_000_000, "the socket never filled");
+        }
+        let total = fitted + 50;
+        let sender = tokio::spawn(async move {
+            for i in fitted..total {
+                a.send(&chunk(i)).await.unwrap();
+            }
+            a
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!sender.is_finished(), "the send did not wait for room");
+        for i in 0..total {
+            let got = b.recv::<ToWorker>().await.unwrap();
+            assert!(matches!(got, Some(ToWorker::Key { keysym, .. }) if keysym == i), "{i}: {got:?}");
+        }
+        drop(sender.await.unwrap());
     }
 
     #[tokio::test]

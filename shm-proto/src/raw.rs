@@ -130,12 +130,15 @@ pub(crate) fn inherited_fd(fd: i32) -> Result<OwnedFd, nix::Error> {
     Ok(owned)
 }
 
-/// Registers an owned descriptor with tokio's reactor.
-pub(crate) fn register_async(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+/// Registers an owned descriptor with tokio's reactor for the readiness in `interest` only.
+pub(crate) fn register_async(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: `OwnedFd` is a valid, open descriptor that keeps referring to the same open file
     // description until the `AsyncFd` (which owns it) is dropped; `as_raw_fd` always returns that number.
     // JUSTIFICATION: tokio made `AsyncFd` registration `unsafe` because of I/O safety.
-    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
 }
 
 /// Marks every descriptor from `first` upwards close-on-exec (`close_range` with `CLOSE_RANGE_CLOEXEC`).
