@@ -113,6 +113,8 @@ enum Pending {
     Attach,
     Ping,
     History(i64),
+    /// The key event of a Ctrl+C: once the browser answers it, the selection is read.
+    KeyBeforeCopy,
     Selection,
 }
 
@@ -527,6 +529,7 @@ impl Worker {
                     self.page_command("Page.navigateToHistoryEntry", json!({ "entryId": id }));
                 }
             }
+            Pending::KeyBeforeCopy => self.read_selection(),
             Pending::Selection => {
                 if let Some(text) = result["result"]["value"].as_str() {
                     if !text.is_empty() {
@@ -837,14 +840,20 @@ impl Worker {
                     return;
                 }
                 Some(Shortcut::Copy) if !self.settings.disable_copy => {
-                    // The page still gets its Ctrl+C; we read the selection it leaves.
+                    // The page still gets its Ctrl+C, and we read the selection it leaves once the browser
+                    // has answered that key: `Input.dispatchKeyEvent` is answered after the renderer handled
+                    // the event (and so every key before it, a Ctrl+A's selection included), while an
+                    // evaluation sent at once could overtake keys still on their way to the renderer.
+                    let mut events = self.input.key(keysym, pressed);
+                    let Some((method, params)) = events.pop() else {
+                        return self.read_selection();
+                    };
+                    for (method, params) in events {
+                        self.page_command(method, params);
+                    }
                     let page = self.page.clone();
-                    self.command(
-                        page,
-                        "Runtime.evaluate",
-                        json!({ "expression": SELECTION_SCRIPT, "returnByValue": true }),
-                        Pending::Selection,
-                    );
+                    self.command(page, method, params, Pending::KeyBeforeCopy);
+                    return;
                 }
                 _ => {}
             }
@@ -852,6 +861,13 @@ impl Worker {
         for (method, params) in self.input.key(keysym, pressed) {
             self.page_command(method, params);
         }
+    }
+
+    /// Asks the page for its selection; the answer becomes the client's clipboard (`Pending::Selection`).
+    fn read_selection(&mut self) {
+        let page = self.page.clone();
+        let params = json!({ "expression": SELECTION_SCRIPT, "returnByValue": true });
+        self.command(page, "Runtime.evaluate", params, Pending::Selection);
     }
 
     fn history(&mut self, keysym: u32, step: i64) {
