@@ -229,36 +229,27 @@ impl Cgroups {
         let id: String = session_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-').collect();
         let name = format!("guacr-{}-session-{id}", std::process::id());
         self.sweep();
+        let group = SessionCgroup { dir: self.root.join(name) };
+        std::fs::create_dir(&group.dir)?;
+        let limit = |file: &str, value: &str| std::fs::write(group.dir.join(file), value);
+        let memory = limits.memory_bytes.to_string();
         match self.version {
-            Version::V2 => self.place_v2(pid, &name, limits),
-            Version::V1Memory => self.place_v1(pid, &name, limits),
+            Version::V2 => {
+                limit("memory.max", &memory)?;
+                // No swap: a worker over its limit is killed (and its session ends), never slowed to a crawl.
+                let _ = limit("memory.swap.max", "0");
+                limit("cpu.max", &cpu_max(limits.cpu_percent))?;
+            }
+            Version::V1Memory => {
+                limit("memory.limit_in_bytes", &memory)?;
+                // Memory plus swap at the same limit, for the same reason; the file exists only where the
+                // kernel accounts swap.
+                if group.dir.join("memory.memsw.limit_in_bytes").exists() {
+                    limit("memory.memsw.limit_in_bytes", &memory)?;
+                }
+            }
         }
-    }
-
-    fn place_v1(&self, pid: u32, name: &str, limits: Limits) -> std::io::Result<SessionCgroup> {
-        let dir = self.root.join(name);
-        std::fs::create_dir(&dir)?;
-        let group = SessionCgroup { dir };
-        std::fs::write(group.dir.join("memory.limit_in_bytes"), limits.memory_bytes.to_string())?;
-        // Memory plus swap at the same limit: no swap, so a worker over its limit is killed, never slowed to a
-        // crawl. The file exists only where the kernel accounts swap.
-        let memsw = group.dir.join("memory.memsw.limit_in_bytes");
-        if memsw.exists() {
-            std::fs::write(memsw, limits.memory_bytes.to_string())?;
-        }
-        std::fs::write(group.dir.join("cgroup.procs"), pid.to_string())?;
-        Ok(group)
-    }
-
-    fn place_v2(&self, pid: u32, name: &str, limits: Limits) -> std::io::Result<SessionCgroup> {
-        let dir = self.root.join(name);
-        std::fs::create_dir(&dir)?;
-        let group = SessionCgroup { dir };
-        std::fs::write(group.dir.join("memory.max"), limits.memory_bytes.to_string())?;
-        // No swap: a worker over its limit is killed (and its session ends), never slowed to a crawl.
-        let _ = std::fs::write(group.dir.join("memory.swap.max"), "0");
-        std::fs::write(group.dir.join("cpu.max"), cpu_max(limits.cpu_percent))?;
-        std::fs::write(group.dir.join("cgroup.procs"), pid.to_string())?;
+        limit("cgroup.procs", &pid.to_string())?;
         Ok(group)
     }
 }
