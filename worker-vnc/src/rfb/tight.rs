@@ -198,16 +198,8 @@ impl TightDecoder {
 }
 
 fn write_rgb_row(dst: &mut [u8], src: &[u8], swap: bool) {
-    let (dst, src) = (pixels(dst), src.as_chunks::<3>().0);
-    // The branch outside the loop: each pixel is then one 4-byte store.
-    if swap {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = [s[0], s[1], s[2], 0];
-        }
-    } else {
-        for (d, s) in dst.iter_mut().zip(src) {
-            *d = [s[2], s[1], s[0], 0];
-        }
+    for (d, s) in pixels(dst).iter_mut().zip(src.as_chunks::<3>().0) {
+        *d = rgb(s, swap);
     }
 }
 

@@ -56,7 +56,7 @@ fn decode_tile(r: &mut Reader<'_>, px: &mut [u8], tw: usize) -> Result<(), &'sta
         0 => {
             let raw = r.bytes(n * 3).ok_or(SHORT)?;
             for (d, s) in pixels(px).iter_mut().zip(raw.as_chunks::<3>().0) {
-                *d = [s[0], s[1], s[2], 0];
+                *d = bgr(s);
             }
         }
         1 => {
