@@ -455,7 +455,7 @@ async fn handshake(
     let mut server_public_key = Vec::new();
     let (tcp, leftover) = framed.into_inner();
     if selected.is_standard_rdp_security() {
-        // IronRDP speaks standard security only unencrypted: the shim adds FIPS encryption when the
+        // IronRDP speaks standard security only unencrypted: the shim adds FIPS or RC4 encryption when the
         // server asks for it and passes an unencrypted session through.
         framed = TokioFramed::new(Box::new(ShimStream::new(tcp, &leftover)));
     } else {
@@ -637,7 +637,8 @@ impl Worker {
                     // security's encryption) are the server's error, not a lost connection.
                     Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
                         warn!(error = %e, "RDP server sent invalid data");
-                        return End::Fail(Failure::new(status::UPSTREAM_ERROR, format!("RDP server sent invalid data: {e}")));
+                        let message = format!("RDP server sent invalid data: {e}");
+                        return End::Fail(Failure::new(status::UPSTREAM_ERROR, message));
                     }
                     // Like guacd: the connection dropped without the server saying why.
                     Err(e) => {
