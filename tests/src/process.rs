@@ -484,15 +484,20 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    #[test]
-    fn port_listening_sees_a_listener() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
+    /// The port stays bound by this test from start to end, so no other test running in
+    /// parallel can take it between the checks (a listener dropped and then checked for absence
+    /// once raced with the page server and fake peers binding port 0 in this same binary).
+    #[tokio::test]
+    async fn port_listening_sees_a_listener() {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = socket.local_addr().unwrap().port();
+        assert!(!port_listening(port), "bound but not listening");
+        assert!(!listens_on(std::process::id(), port), "bound but not listening");
+        let l = socket.listen(1).unwrap();
         assert!(port_listening(port));
         assert!(listens_on(std::process::id(), port), "this process holds the listener");
         assert!(!listens_on(1, port), "pid 1 does not");
         drop(l);
-        assert!(!port_listening(port));
-        assert!(!listens_on(std::process::id(), port));
     }
 }
