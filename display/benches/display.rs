@@ -203,13 +203,19 @@ fn base64_6mb(b: Bencher, which: &str) {
     });
 }
 
-/// Whole planner frames: the first full frame, a one-line scroll without hints, and a full damage
-/// with nothing changed; the naive baseline for the same first frame.
-#[divan::bench(args = ["planned full", "naive full", "planned scroll", "planned unchanged"])]
+/// Whole planner frames: the first full frame, a one-line scroll without hints, a full damage with
+/// nothing changed, and new text everywhere after a frame of other text (what a flooded terminal's
+/// jump-scroll gives: nothing to reuse, every search fails); the naive baseline for the first frame.
+#[divan::bench(args = ["planned full", "naive full", "planned scroll", "planned unchanged", "planned new"])]
 fn planner_1080p_text(b: Bencher, case: &str) {
     let s = text();
     let mut scrolled = Surface { w: W, px: s.px[(16 * W * 4) as usize..].to_vec() };
     scrolled.px.extend(std::iter::repeat_n(255u8, (16 * W * 4) as usize));
+    // The same strokes moved 8 px to the right in every row: no tile, row or segment as it was.
+    let mut moved = Surface { w: W, px: s.px.clone() };
+    for row in moved.px.chunks_exact_mut((W * 4) as usize) {
+        row.rotate_right(8 * 4);
+    }
     let full = Damage { width: W, height: H, ops: &[], full: true };
     let all = [DamageOp::Dirty(Rect::new(0, 0, W, H))];
     let dirty = Damage { width: W, height: H, ops: &all, full: false };
@@ -223,6 +229,7 @@ fn planner_1080p_text(b: Bencher, case: &str) {
         match case {
             "planned scroll" => p.encode_frame(&scrolled, &dirty, &settings, now, &mut out),
             "planned unchanged" => p.encode_frame(&s, &dirty, &settings, now, &mut out),
+            "planned new" => p.encode_frame(&moved, &dirty, &settings, now, &mut out),
             _ => p.encode_frame(&s, &full, &settings, now, &mut out),
         };
         out.len()
