@@ -550,7 +550,9 @@ impl Planner {
             return None;
         }
         let mut votes: HashMap<i64, u32, PassThrough> = HashMap::default();
-        let mut unique: HashMap<u64, Option<u32>, PassThrough> = HashMap::default();
+        // Sized for the box once: growing it row by row rehashed it about ten times per frame.
+        let mut unique: HashMap<u64, Option<u32>, PassThrough> =
+            HashMap::with_capacity_and_hasher((y1 - y0) as usize, PassThrough);
         // Whole rows of the box first: a line of text is unique as a whole even where its 64-pixel pieces
         // repeat (the same digits in many lines). Weighted by width so that they outvote single columns.
         let row_sig = |y: u32, of: &dyn Fn(u32, u32) -> u64| {
@@ -558,14 +560,16 @@ impl Planner {
         };
         let old_seg = |y: u32, c: u32| self.seg[(y * cols + c) as usize];
         let new_seg = |y: u32, c: u32| self.frame_seg(y, c);
-        for y in y0..y1 {
+        // Each row's old signature is needed twice (the map of unique rows, then the unchanged-row test).
+        let old_rows: Vec<u64> = (y0..y1).map(|y| row_sig(y, &old_seg)).collect();
+        for (y, &sig) in (y0..y1).zip(&old_rows) {
             if (c0..c1).all(|c| old_seg(y, c) != UNKNOWN) {
-                unique.entry(row_sig(y, &old_seg)).and_modify(|v| *v = None).or_insert(Some(y));
+                unique.entry(sig).and_modify(|v| *v = None).or_insert(Some(y));
             }
         }
-        for y in y0..y1 {
+        for (y, &old) in (y0..y1).zip(&old_rows) {
             let new = row_sig(y, &new_seg);
-            if new == row_sig(y, &old_seg) {
+            if new == old {
                 continue;
             }
             if let Some(Some(old_y)) = unique.get(&new) {
