@@ -4,10 +4,10 @@
 //! supervisor and of the workers per delivered frame, PSS per session and input-to-pixel latency; then
 //! each figure of the planned display path as a ratio against the naive baseline measured in the same run.
 //!
-//! It needs the real servers (`scripts/peers.sh start`) and the workspace's binaries
-//! from the same build profile (`cargo build --release --workspace --bins` for the figures of BENCHMARKS.md);
-//! it fails loudly without them. Timings are reported, never
-//! asserted. See BENCHMARKS.md for the command and the current figures.
+//! It needs the real servers (`scripts/peers.sh start`) and the workspace's binaries from the same build
+//! profile (`cargo build --release --workspace --bins` for the figures of BENCHMARKS.md); it fails loudly
+//! without them. Timings are reported, never asserted. See BENCHMARKS.md for the command and the current
+//! figures.
 //!
 //! Workloads live in their own modules (`vnc.rs`, ...) behind [`workload::Workload`]; add one to
 //! [`registry`] to make it selectable with `--workloads`.
