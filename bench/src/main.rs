@@ -78,6 +78,12 @@ struct Args {
     /// VNC workloads use one only for the probe session and counting clients for the others).
     #[arg(long)]
     decode_all: bool,
+    /// Open the sessions this many at a time, each group once the previous one shows its first frames
+    /// (0: all at once, the default). For peers with a short listen queue: Xtigervnc listens with a backlog
+    /// of 5, and 50 connections at once overflow it (the kernel drops SYNs, which the clients retransmit in
+    /// step, 1, 3, 7 and 15 s later, and some miss the 15-s VNC handshake timeout).
+    #[arg(long, default_value_t = 0)]
+    open_batch: usize,
 }
 
 async fn open_sessions(w: &dyn Workload, guacr: &GuacrProcess, n: usize) -> Result<Vec<(GuacClient, f64)>> {
@@ -110,6 +116,31 @@ async fn open_all(
     };
     let (full, counters) = tokio::join!(open_sessions(w, guacr, full), counters);
     Ok((full?, counters?))
+}
+
+/// [`open_all`] for `batch` sessions at a time, the full ones first (all at once when `batch` is 0).
+async fn open_in_batches(
+    w: &dyn Workload,
+    guacr: &GuacrProcess,
+    full: usize,
+    counted: usize,
+    counting: Option<&(&'static str, Vec<(String, String)>)>,
+    batch: usize,
+) -> Result<Opened> {
+    if batch == 0 {
+        return open_all(w, guacr, full, counted, counting).await;
+    }
+    let (mut sessions, mut counters) = (Vec::new(), Vec::new());
+    let (mut full_left, mut counted_left) = (full, counted);
+    while full_left + counted_left > 0 {
+        let f = full_left.min(batch);
+        let c = counted_left.min(batch - f);
+        let (mut s, mut k) = open_all(w, guacr, f, c, counting).await?;
+        sessions.append(&mut s);
+        counters.append(&mut k);
+        (full_left, counted_left) = (full_left - f, counted_left - c);
+    }
+    Ok((sessions, counters))
 }
 
 /// Runs the futures concurrently on the current task and returns their results in order.
@@ -145,7 +176,7 @@ async fn run_once(args: &Args, mode: &str, w: &dyn Workload, n: usize, rep: usiz
     let guacr = GuacrProcess::builder().log_level(&args.log_level).args(["--display-mode", mode]).http().start()?;
     let counting = if args.decode_all { None } else { w.counting() };
     let full = if counting.is_some() { 1 } else { n };
-    let (sessions, counted) = open_all(w, &guacr, full, n - full, counting.as_ref())
+    let (sessions, counted) = open_in_batches(w, &guacr, full, n - full, counting.as_ref(), args.open_batch)
         .await
         .with_context(|| format!("opening {n} sessions; guacr log {}", guacr.log_path().display()))?;
     let first_frame_ms: Vec<f64> = sessions.iter().map(|(_, t)| *t).chain(counted.iter().map(|(_, t)| *t)).collect();
@@ -190,6 +221,7 @@ async fn measure(args: &Args, w: &dyn Workload, ctx: &Ctx<'_>, tick: f64, worker
     let sup0 = measure::cpu_seconds(guacr.pid(), tick).context("supervisor gone")?;
     let wk0: Vec<f64> = workers.iter().map(|p| measure::cpu_seconds(*p, tick).unwrap_or(0.0)).collect();
     let me0 = measure::cpu_seconds(me, tick).unwrap_or(0.0);
+    let encodes0 = encode_totals(guacr).await;
     let t0 = Instant::now();
     let mut latency: Latency = w.during(ctx, Duration::from_secs_f64(args.seconds)).await?;
 
@@ -197,6 +229,7 @@ async fn measure(args: &Args, w: &dyn Workload, ctx: &Ctx<'_>, tick: f64, worker
     let sup1 = measure::cpu_seconds(guacr.pid(), tick).context("supervisor gone")?;
     let wk1: Vec<f64> = workers.iter().map(|p| measure::cpu_seconds(*p, tick).unwrap_or(0.0)).collect();
     let me1 = measure::cpu_seconds(me, tick).unwrap_or(0.0);
+    let encodes1 = encode_totals(guacr).await;
     let end: Vec<measure::Snap> = clients.iter().map(measure::snap).collect();
     let counted1: Vec<_> = ctx.counters.iter().map(measure::snap_counts).collect();
     if let Some(why) = ctx.counters.iter().find_map(|c| c.counts().closed) {
@@ -240,7 +273,19 @@ async fn measure(args: &Args, w: &dyn Workload, ctx: &Ctx<'_>, tick: f64, worker
         loadavg,
         handoff_hist: Vec::new(),
         publish_hist: Vec::new(),
+        encode_s: encodes1.0 - encodes0.0,
+        encodes: encodes1.1.saturating_sub(encodes0.1),
     })
+}
+
+/// guacr's `guacr_encode_seconds` sum and count so far (zeros without its HTTP entry): the encoder
+/// threads' time, which the window's difference turns into a time per encode.
+async fn encode_totals(guacr: &GuacrProcess) -> (f64, u64) {
+    let Some(addr) = guacr.http_addr() else { return (0.0, 0) };
+    let text = measure::scrape_metrics(addr).await.unwrap_or_default();
+    let sum = measure::metric_value(&text, "guacr_encode_seconds_sum").unwrap_or(0.0);
+    let count = measure::metric_value(&text, "guacr_encode_seconds_count").unwrap_or(0.0);
+    (sum, count as u64)
 }
 
 #[derive(Serialize)]

@@ -171,6 +171,10 @@ pub struct Sample {
     /// guacr's `guacr_frame_handoff_seconds` and `guacr_publish_to_encode_seconds` at the end (whole run).
     pub handoff_hist: Vec<(f64, u64)>,
     pub publish_hist: Vec<(f64, u64)>,
+    /// guacr's encoder threads during the window (`guacr_encode_seconds`): time spent encoding, and encodes
+    /// (frames for the users in step, refreshes, dumps; one per frame while everybody is in step).
+    pub encode_s: f64,
+    pub encodes: u64,
 }
 
 /// Percentiles of one probe.
@@ -203,6 +207,9 @@ pub struct Summary {
     pub first_frame_ms_p50: f64,
     pub supervisor_cpu_ms_per_frame: f64,
     pub worker_cpu_ms_per_frame: f64,
+    /// Encoder thread time per encode, ms: the display pipeline alone, without the session loop, measured
+    /// by the clock rather than in `/proc`'s 10-ms ticks (preemption during an encode counts).
+    pub encode_ms_per_encode: f64,
     pub supervisor_cpu_pct: f64,
     pub workers_cpu_pct: f64,
     pub bench_cpu_pct: f64,
@@ -277,6 +284,7 @@ pub fn summarise(mode: &str, workload: &str, n: usize, s: &[Sample]) -> Summary 
         first_frame_ms_p50: percentile(&first, 50.0),
         supervisor_cpu_ms_per_frame: per(&|x| x.supervisor_cpu_s * 1e3 / frames(x)),
         worker_cpu_ms_per_frame: per(&|x| x.workers_cpu_s * 1e3 / frames(x)),
+        encode_ms_per_encode: per(&|x| if x.encodes == 0 { f64::NAN } else { x.encode_s * 1e3 / x.encodes as f64 }),
         supervisor_cpu_pct: per(&|x| x.supervisor_cpu_s * 100.0 / x.window_s),
         workers_cpu_pct: per(&|x| x.workers_cpu_s * 100.0 / x.window_s),
         bench_cpu_pct: per(&|x| x.bench_cpu_s * 100.0 / x.window_s),
@@ -298,10 +306,10 @@ pub fn table(sums: &[Summary]) -> String {
     let mut t = String::new();
     t.push_str(
         "| mode | workload | sessions | fps/session (min) | wire bytes/s | bytes/frame | image bytes/s by format | \
-         select→first frame p50 | supervisor CPU ms/frame | worker CPU ms/frame | CPU % sup / workers / bench | \
+         select→first frame p50 | supervisor CPU ms/frame | worker CPU ms/frame | encode ms/encode | CPU % sup / workers / bench | \
          PSS/session (worker + sup/n) | latency p50 / p99 (n) | handoff p99, ≤ 1 ms (publish→encode p50/p99) | load |\n",
     );
-    t.push_str("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|---:|\n");
+    t.push_str("|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---:|\n");
     for s in sums {
         let fmts: Vec<String> = s
             .image_bytes_per_s
@@ -325,7 +333,7 @@ pub fn table(sums: &[Summary]) -> String {
             })
             .collect();
         t.push_str(&format!(
-            "| {} | {} | {} | {:.1} ({:.1}) | {} | {} | {} | {:.0} ms | {:.2} | {:.2} | {:.0} / {:.0} / {:.0} | {:.1} MiB ({:.1} + {:.1}/{}) | {} | ≤{} ms, {:.1} % ({}/{} ms) | {:.1} |\n",
+            "| {} | {} | {} | {:.1} ({:.1}) | {} | {} | {} | {:.0} ms | {:.2} | {:.2} | {} | {:.0} / {:.0} / {:.0} | {:.1} MiB ({:.1} + {:.1}/{}) | {} | ≤{} ms, {:.1} % ({}/{} ms) | {:.1} |\n",
             s.mode,
             s.workload,
             s.sessions,
@@ -337,6 +345,7 @@ pub fn table(sums: &[Summary]) -> String {
             s.first_frame_ms_p50,
             s.supervisor_cpu_ms_per_frame,
             s.worker_cpu_ms_per_frame,
+            if s.encode_ms_per_encode.is_finite() { format!("{:.3}", s.encode_ms_per_encode) } else { "-".into() },
             s.supervisor_cpu_pct,
             s.workers_cpu_pct,
             s.bench_cpu_pct,
@@ -379,9 +388,9 @@ pub fn cpu_table(sums: &[Summary]) -> String {
 /// Ratios of `mode` against `base` (measured in the same run) per workload and concurrency.
 pub fn ratio_table(sums: &[Summary], mode: &str, base: &str) -> String {
     let mut t = format!(
-        "| workload | sessions | CPU/frame sup+worker {mode}/{base} | supervisor CPU/frame | wire bytes/s | bytes/frame | fps | marker p50 |\n"
+        "| workload | sessions | CPU/frame sup+worker {mode}/{base} | supervisor CPU/frame | encode time/encode | wire bytes/s | bytes/frame | fps | marker p50 |\n"
     );
-    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let r =
         |a: f64, b: f64| if b > 0.0 && a.is_finite() && b.is_finite() { format!("{:.2}×", a / b) } else { "-".into() };
     for s in sums.iter().filter(|s| s.mode == mode) {
@@ -391,7 +400,7 @@ pub fn ratio_table(sums: &[Summary], mode: &str, base: &str) -> String {
         };
         let lat = |x: &Summary| x.latency.get("marker").map_or(f64::NAN, |l| l.p50_ms);
         t.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             s.workload,
             s.sessions,
             r(
@@ -399,6 +408,7 @@ pub fn ratio_table(sums: &[Summary], mode: &str, base: &str) -> String {
                 b.supervisor_cpu_ms_per_frame + b.worker_cpu_ms_per_frame
             ),
             r(s.supervisor_cpu_ms_per_frame, b.supervisor_cpu_ms_per_frame),
+            r(s.encode_ms_per_encode, b.encode_ms_per_encode),
             r(s.bytes_per_s, b.bytes_per_s),
             r(s.bytes_per_frame, b.bytes_per_frame),
             r(s.fps_per_session, b.fps_per_session),
@@ -453,6 +463,11 @@ pub async fn scrape_metrics(addr: std::net::SocketAddr) -> anyhow::Result<String
     let mut body = String::new();
     tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_string(&mut body)).await??;
     Ok(body)
+}
+
+/// The value of an unlabelled sample `name` in Prometheus text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 /// The cumulative buckets `(upper bound in s, count)` of histogram `name` in Prometheus text.
@@ -518,5 +533,13 @@ mod histogram_tests {
         add_histograms(&mut acc, &h);
         add_histograms(&mut acc, &h);
         assert_eq!(acc[2].1, 200);
+    }
+
+    #[test]
+    fn plain_values_by_exact_name() {
+        let text = "# TYPE x histogram\nx_bucket{le=\"0.001\"} 3\nx_sum 0.0125\nx_count 3\nx_count_other 9\n";
+        assert_eq!(metric_value(text, "x_sum"), Some(0.0125));
+        assert_eq!(metric_value(text, "x_count"), Some(3.0));
+        assert_eq!(metric_value(text, "x"), None);
     }
 }
