@@ -75,11 +75,22 @@ pub trait Source {
     }
 }
 
+/// A planner's working buffers, which only live for one call: one set per encoder thread, not per user.
+/// Kept per planner, they stayed at the size of the largest image each session ever painted (its first,
+/// full-screen frame: several MiB per session).
+#[derive(Debug, Default)]
+struct Scratch {
+    /// Frame-sized BGRX, laid out at the frame's width: what `hash_tiles` read, `image` encodes, so every
+    /// damaged pixel crosses shared memory once.
+    frame: Vec<u8>,
+    /// One image's BGRX pixels, its RGB conversion, and the encoded image.
+    buf: Vec<u8>,
+    conv: Vec<u8>,
+    encoded: Vec<u8>,
+}
+
 thread_local! {
-    /// One frame-sized BGRX scratch buffer per encoder thread (not per user: it only lives for one
-    /// [`Planner::encode_frame`] call), laid out at the frame's width: what `hash_tiles` read, `image`
-    /// encodes, so every damaged pixel crosses shared memory once.
-    static SCRATCH: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+    static SCRATCH: std::cell::Cell<Scratch> = std::cell::Cell::new(Scratch::default());
 }
 
 /// What changed in a frame.
@@ -167,9 +178,9 @@ pub struct Planner {
     lossy: BTreeMap<usize, Lossy>,
     flags: Vec<u8>,
     solid: Vec<Option<[u8; 3]>>,
-    buf: Vec<u8>,
-    /// This call's pixels of the hashed tiles (see [`SCRATCH`]); empty between calls.
+    /// The encoder thread's [`Scratch`] during a call; empty between calls.
     frame: Vec<u8>,
+    buf: Vec<u8>,
     conv: Vec<u8>,
     encoded: Vec<u8>,
     /// This frame's dirty rectangles (clipped to the frame); `None` when the whole frame counts as dirty.
@@ -275,8 +286,23 @@ impl Planner {
     /// Appends the lossless repaint of every lossy tile that has been quiet for [`REFRESH_AFTER`].
     pub fn encode_refresh(&mut self, now: Instant, out: &mut BytesMut) -> Stats {
         let mut st = Stats::default();
-        self.refresh(now, out, &mut st);
+        self.with_scratch(|p| p.refresh(now, out, &mut st));
         st
+    }
+
+    /// Runs `f` with this thread's [`Scratch`] lent to the planner.
+    fn with_scratch<T>(&mut self, f: impl FnOnce(&mut Planner) -> T) -> T {
+        let Scratch { frame, buf, conv, encoded } = SCRATCH.take();
+        (self.frame, self.buf, self.conv, self.encoded) = (frame, buf, conv, encoded);
+        let result = f(self);
+        let scratch = Scratch {
+            frame: std::mem::take(&mut self.frame),
+            buf: std::mem::take(&mut self.buf),
+            conv: std::mem::take(&mut self.conv),
+            encoded: std::mem::take(&mut self.encoded),
+        };
+        SCRATCH.set(scratch);
+        result
     }
 
     /// Appends the instructions that turn what the client shows into `src` (without the final `sync`).
@@ -291,10 +317,7 @@ impl Planner {
         if s.naive {
             return naive::encode_naive(self, src, d, out);
         }
-        self.frame = SCRATCH.take();
-        let st = self.encode_planned(src, d, s, now, out);
-        SCRATCH.set(std::mem::take(&mut self.frame));
-        st
+        self.with_scratch(|p| p.encode_planned(src, d, s, now, out))
     }
 
     fn encode_planned(
@@ -961,6 +984,46 @@ pub fn emit_image(out: &mut BytesMut, stream: u32, mime: &str, x: u32, y: u32, d
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A many-coloured surface (no palette: the RGB conversion runs too).
+    struct Gradient {
+        w: u32,
+    }
+
+    impl Source for Gradient {
+        fn read_rect(&self, r: Rect, dst: &mut Vec<u8>) {
+            dst.clear();
+            for y in r.y..r.y + r.h {
+                for x in r.x..r.x + r.w {
+                    let v = y * self.w + x;
+                    dst.extend_from_slice(&[v as u8, (v >> 8) as u8, (x ^ y) as u8, 0]);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_planner_keeps_no_working_buffers_between_calls() {
+        let (w, h) = (640, 480);
+        let mut p = Planner::new();
+        let damage = Damage { width: w, height: h, ops: &[], full: true };
+        let mut out = BytesMut::new();
+        let st = p.encode_frame(&Gradient { w }, &damage, &Settings::default(), Instant::now(), &mut out);
+        assert!(st.png > 0 && out.len() > 100_000, "{st:?}, {} bytes", out.len());
+        // A session's planner lives as long as the session: the frame-sized buffers of its first,
+        // full-screen frame must go back to the encoder thread, not stay with it.
+        let kept = [&p.frame, &p.buf, &p.conv, &p.encoded].map(|v| v.capacity());
+        assert_eq!(kept, [0; 4]);
+        // The thread's scratch serves the next call (of any planner) without growing again.
+        let mut q = Planner::new();
+        q.encode_frame(&Gradient { w }, &damage, &Settings::default(), Instant::now(), &mut BytesMut::new());
+        assert_eq!([&q.frame, &q.buf, &q.conv, &q.encoded].map(|v| v.capacity()), [0; 4]);
+        SCRATCH.with(|s| {
+            let scratch = s.take();
+            assert!(scratch.frame.len() >= (w * h * 4) as usize && scratch.conv.capacity() > 0);
+            s.set(scratch);
+        });
+    }
 
     #[test]
     fn quality_follows_lag_like_guacd() {
