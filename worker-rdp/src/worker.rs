@@ -1102,6 +1102,7 @@ impl Worker {
         for px in bgra.chunks_exact_mut(4) {
             px.swap(0, 2);
         }
+        debug!(width, height, "Pointer forwarded");
         let message = FromWorker::Cursor {
             hotspot_x: u32::from(pointer.hotspot_x).min(width - 1),
             hotspot_y: u32::from(pointer.hotspot_y).min(height - 1),
