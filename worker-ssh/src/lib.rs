@@ -6,6 +6,7 @@
 pub mod font;
 pub mod keys;
 pub mod palette;
+pub mod private_key;
 pub mod settings;
 pub mod sftp;
 pub mod ssh;
