@@ -218,10 +218,11 @@ async fn measure(args: &Args, w: &dyn Workload, ctx: &Ctx<'_>, tick: f64, worker
     let me = std::process::id();
     let start: Vec<measure::Snap> = clients.iter().map(measure::snap).collect();
     let counted0: Vec<_> = ctx.counters.iter().map(measure::snap_counts).collect();
+    // Scraped outside the CPU window, so that serving /metrics does not count as guacr's work.
+    let encodes0 = encode_totals(guacr).await;
     let sup0 = measure::cpu_seconds(guacr.pid(), tick).context("supervisor gone")?;
     let wk0: Vec<f64> = workers.iter().map(|p| measure::cpu_seconds(*p, tick).unwrap_or(0.0)).collect();
     let me0 = measure::cpu_seconds(me, tick).unwrap_or(0.0);
-    let encodes0 = encode_totals(guacr).await;
     let t0 = Instant::now();
     let mut latency: Latency = w.during(ctx, Duration::from_secs_f64(args.seconds)).await?;
 

@@ -78,7 +78,7 @@ pub trait Source {
 /// A planner's working buffers, which only live for one call: one set per encoder thread, not per user.
 /// Kept per planner, they stayed at the size of the largest image each session ever painted (its first,
 /// full-screen frame: several MiB per session).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Scratch {
     /// Frame-sized BGRX, laid out at the frame's width: what `hash_tiles` read, `image` encodes, so every
     /// damaged pixel crosses shared memory once.
@@ -178,11 +178,8 @@ pub struct Planner {
     lossy: BTreeMap<usize, Lossy>,
     flags: Vec<u8>,
     solid: Vec<Option<[u8; 3]>>,
-    /// The encoder thread's [`Scratch`] during a call; empty between calls.
-    frame: Vec<u8>,
-    buf: Vec<u8>,
-    conv: Vec<u8>,
-    encoded: Vec<u8>,
+    /// The encoder thread's buffers during a call; empty between calls.
+    scratch: Scratch,
     /// This frame's dirty rectangles (clipped to the frame); `None` when the whole frame counts as dirty.
     dirty: Option<Vec<Rect>>,
 }
@@ -292,16 +289,9 @@ impl Planner {
 
     /// Runs `f` with this thread's [`Scratch`] lent to the planner.
     fn with_scratch<T>(&mut self, f: impl FnOnce(&mut Planner) -> T) -> T {
-        let Scratch { frame, buf, conv, encoded } = SCRATCH.take();
-        (self.frame, self.buf, self.conv, self.encoded) = (frame, buf, conv, encoded);
+        self.scratch = SCRATCH.take();
         let result = f(self);
-        let scratch = Scratch {
-            frame: std::mem::take(&mut self.frame),
-            buf: std::mem::take(&mut self.buf),
-            conv: std::mem::take(&mut self.conv),
-            encoded: std::mem::take(&mut self.encoded),
-        };
-        SCRATCH.set(scratch);
+        SCRATCH.set(std::mem::take(&mut self.scratch));
         result
     }
 
@@ -339,8 +329,8 @@ impl Planner {
         }
         // Only growth is zeroed; stale pixels elsewhere are never read (only hashed tiles are).
         let need = self.width as usize * self.height as usize * 4;
-        if self.frame.len() < need {
-            self.frame.resize(need, 0);
+        if self.scratch.frame.len() < need {
+            self.scratch.frame.resize(need, 0);
         }
         self.flags.clear();
         self.flags.resize((self.cols * self.rows) as usize, 0);
@@ -497,15 +487,16 @@ impl Planner {
                 let band = Rect::new(x, y, (c * TILE).min(self.width) - x, TILE.min(self.height - y));
                 let stride = self.width as usize * 4;
                 let base = y as usize * stride + x as usize * 4;
-                src.read_rect_strided(band, &mut self.frame[base..], stride);
+                src.read_rect_strided(band, &mut self.scratch.frame[base..], stride);
                 for tc in c0..c {
                     let t = (row * self.cols + tc) as usize;
                     let off = base + (tc - c0) as usize * TILE as usize * 4;
                     let seg_bytes = ((tc * TILE + TILE).min(self.width) - tc * TILE) as usize * 4;
-                    let first: [u8; 3] = [self.frame[off], self.frame[off + 1], self.frame[off + 2]];
+                    let first: [u8; 3] =
+                        [self.scratch.frame[off], self.scratch.frame[off + 1], self.scratch.frame[off + 2]];
                     let mut solid = true;
                     for i in 0..band.h as usize {
-                        let bytes = &self.frame[i * stride + off..][..seg_bytes];
+                        let bytes = &self.scratch.frame[i * stride + off..][..seg_bytes];
                         self.next[(y as usize + i) * cols + tc as usize] = seg_hash(bytes);
                         solid = solid && bytes.chunks_exact(4).all(|p| p[..3] == first);
                     }
@@ -812,7 +803,7 @@ impl Planner {
         let clean = tiles.iter().all(|t| self.flags[*t] & FORCE == 0 && !self.lossy.contains_key(t));
         let hashed = tiles.iter().all(|t| self.flags[*t] & HASHED != 0);
         let damage = self.damage_within(whole).unwrap_or(whole);
-        let mut pixels = std::mem::take(&mut self.buf);
+        let mut pixels = std::mem::take(&mut self.scratch.buf);
         let (rect, palette) = if clean && fast && s.jpeg {
             self.read_pixels(src, damage, hashed, &mut pixels);
             match image::palette(&pixels) {
@@ -846,7 +837,7 @@ impl Planner {
                 self.lossy.remove(&t);
             }
         }
-        self.buf = pixels;
+        self.scratch.buf = pixels;
     }
 
     /// BGRX of `rect` into `pixels`: from this call's copy when every tile under it was hashed (painted tiles
@@ -857,7 +848,7 @@ impl Planner {
             pixels.clear();
             for i in 0..rect.h as usize {
                 let off = (rect.y as usize + i) * stride + rect.x as usize * 4;
-                pixels.extend_from_slice(&self.frame[off..][..rect.w as usize * 4]);
+                pixels.extend_from_slice(&self.scratch.frame[off..][..rect.w as usize * 4]);
             }
         } else {
             src.read_rect(rect, pixels);
@@ -888,7 +879,7 @@ impl Planner {
         out: &mut BytesMut,
         st: &mut Stats,
     ) -> bool {
-        let mut encoded = std::mem::take(&mut self.encoded);
+        let mut encoded = std::mem::take(&mut self.scratch.encoded);
         let (mime, lossy) = if let Some(p) = palette {
             image::png(rect.w, rect.h, image::PngPixels::Indexed(&p), &mut encoded);
             st.png += 1;
@@ -898,19 +889,19 @@ impl Planner {
             st.jpeg += 1;
             ("image/jpeg", true)
         } else if s.webp && rect.w * rect.h >= WEBP_MIN_PIXELS {
-            image::bgrx_to_rgb(bgrx, &mut self.conv);
-            image::webp(rect.w, rect.h, &self.conv, &mut encoded);
+            image::bgrx_to_rgb(bgrx, &mut self.scratch.conv);
+            image::webp(rect.w, rect.h, &self.scratch.conv, &mut encoded);
             st.webp += 1;
             ("image/webp", false)
         } else {
-            image::bgrx_to_rgb(bgrx, &mut self.conv);
-            image::png(rect.w, rect.h, image::PngPixels::Rgb(&self.conv), &mut encoded);
+            image::bgrx_to_rgb(bgrx, &mut self.scratch.conv);
+            image::png(rect.w, rect.h, image::PngPixels::Rgb(&self.scratch.conv), &mut encoded);
             st.png += 1;
             ("image/png", false)
         };
         let stream = self.stream();
         emit_image(out, stream, mime, rect.x, rect.y, &encoded);
-        self.encoded = encoded;
+        self.scratch.encoded = encoded;
         lossy
     }
 
@@ -1012,12 +1003,13 @@ mod tests {
         assert!(st.png > 0 && out.len() > 100_000, "{st:?}, {} bytes", out.len());
         // A session's planner lives as long as the session: the frame-sized buffers of its first,
         // full-screen frame must go back to the encoder thread, not stay with it.
-        let kept = [&p.frame, &p.buf, &p.conv, &p.encoded].map(|v| v.capacity());
-        assert_eq!(kept, [0; 4]);
+        let held =
+            |p: &Planner| [&p.scratch.frame, &p.scratch.buf, &p.scratch.conv, &p.scratch.encoded].map(|v| v.capacity());
+        assert_eq!(held(&p), [0; 4]);
         // The thread's scratch serves the next call (of any planner) without growing again.
         let mut q = Planner::new();
         q.encode_frame(&Gradient { w }, &damage, &Settings::default(), Instant::now(), &mut BytesMut::new());
-        assert_eq!([&q.frame, &q.buf, &q.conv, &q.encoded].map(|v| v.capacity()), [0; 4]);
+        assert_eq!(held(&q), [0; 4]);
         SCRATCH.with(|s| {
             let scratch = s.take();
             assert!(scratch.frame.len() >= (w * h * 4) as usize && scratch.conv.capacity() > 0);

@@ -28,10 +28,15 @@ pub fn repair(text: &str) -> Cow<'_, str> {
     }
 }
 
-fn repaired_p256(text: &str) -> Option<String> {
+/// The binary `openssh-key-v1` blob inside the PEM-style armour.
+fn unarmour(text: &str) -> Option<Vec<u8>> {
     let body = text.trim().strip_prefix(BEGIN)?.strip_suffix(END)?;
     let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-    let blob = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+    base64::engine::general_purpose::STANDARD.decode(b64).ok()
+}
+
+fn repaired_p256(text: &str) -> Option<String> {
+    let blob = unarmour(text)?;
     let mut r = Reader { data: &blob, pos: 0 };
     if r.take(MAGIC.len())? != MAGIC {
         return None;
@@ -153,9 +158,7 @@ mod tests {
     }
 
     fn public_blob(text: &str) -> Vec<u8> {
-        let body = text.trim().strip_prefix(BEGIN).and_then(|b| b.strip_suffix(END)).expect("armour");
-        let b64: String = body.chars().filter(|c| !c.is_ascii_whitespace()).collect();
-        let blob = base64::engine::general_purpose::STANDARD.decode(b64).expect("base64");
+        let blob = unarmour(text).expect("an armoured key");
         let mut r = Reader { data: &blob, pos: MAGIC.len() };
         for _ in 0..3 {
             r.string().expect("header");
