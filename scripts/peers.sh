@@ -24,7 +24,8 @@
 #             (security_layer=rdp, crypt_level=high). One xrdp stack per machine (sesman's port is fixed).
 #   ssh       OpenSSH sshd with its own config and host keys on 127.0.0.1:2222 ($RUN/ssh); user guactest,
 #             password guacpass (password and keyboard-interactive), client keys in $RUN/ssh/keys:
-#             id_ed25519, id_ed25519_pass (passphrase "keypass"), id_rsa (PEM, 2048), id_ecdsa;
+#             id_ed25519, id_ed25519_pass (passphrase "keypass"), id_rsa (PEM, 2048), id_ecdsa, id_ecdsa_short
+#             (worker-ssh/testdata: a P-256 key with a 31-byte scalar);
 #             the server's public keys in $RUN/ssh/known_hosts; port 2223 is the same sshd without the
 #             "password" method (keyboard-interactive only)
 #
@@ -337,6 +338,10 @@ ssh_setup() {
     ssh-keygen -q -N keypass -t ed25519 -f "$SSH_DIR/keys/id_ed25519_pass" 9>&-
   [[ -s "$SSH_DIR/keys/id_rsa" ]] || ssh-keygen -q -N '' -t rsa -b 2048 -m PEM -f "$SSH_DIR/keys/id_rsa" 9>&-
   [[ -s "$SSH_DIR/keys/id_ecdsa" ]] || ssh-keygen -q -N '' -t ecdsa -b 256 -f "$SSH_DIR/keys/id_ecdsa" 9>&-
+  # A fixed P-256 key whose private scalar starts with a zero byte (one in 256 generated keys is such a key;
+  # worker-ssh repairs it before decoding): the login test uses it every time, not by chance.
+  install -m 600 "$REPO/worker-ssh/testdata/ecdsa_p256_short_scalar" "$SSH_DIR/keys/id_ecdsa_short"
+  ssh-keygen -y -f "$SSH_DIR/keys/id_ecdsa_short" >"$SSH_DIR/keys/id_ecdsa_short.pub" 9>&-
   for k in ed25519 ecdsa rsa; do
     printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(<"$SSH_DIR/host_$k.pub")"
   done >"$SSH_DIR/known_hosts"

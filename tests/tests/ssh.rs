@@ -271,6 +271,8 @@ async fn private_keys_log_in() {
         ("id_ed25519_pass", Some(peers::SSH_KEY_PASSPHRASE)),
         ("id_rsa", None), // PEM RSA: OpenSSH 9 accepts only SHA-2 signatures
         ("id_ecdsa", None),
+        // Its private scalar starts with a zero byte, which the key decoder refuses unless repaired.
+        ("id_ecdsa_short", None),
     ];
     for (name, passphrase) in cases {
         let key = peer.private_key(name);
