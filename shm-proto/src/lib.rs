@@ -32,3 +32,15 @@ pub fn inherited_fd(fd: i32) -> Result<std::os::fd::OwnedFd, nix::Error> {
 pub fn close_on_exec_above_stdio() -> std::io::Result<()> {
     raw::cloexec_from(3)
 }
+
+/// Asks the kernel for a time slice of `slice` for the calling thread. Under EEVDF (Linux 6.12 and later)
+/// a shorter slice gives the thread an earlier deadline, so when it wakes on a busy core it preempts the
+/// running task sooner; its share of the CPU does not change. Older kernels ignore the request.
+pub fn request_thread_slice(slice: std::time::Duration) -> std::io::Result<()> {
+    raw::request_slice(u64::try_from(slice.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// The calling thread's time slice under the fair scheduler; zero on kernels without per-thread slices.
+pub fn thread_slice() -> std::io::Result<std::time::Duration> {
+    raw::slice().map(std::time::Duration::from_nanos)
+}

@@ -155,3 +155,63 @@ pub(crate) fn cloexec_from(first: u32) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+/// `struct sched_attr` up to `sched_period` (the kernel's `SCHED_ATTR_SIZE_VER0`).
+#[repr(C)]
+#[derive(Default)]
+struct SchedAttr {
+    size: u32,
+    policy: u32,
+    flags: u64,
+    nice: i32,
+    priority: u32,
+    runtime: u64,
+    deadline: u64,
+    period: u64,
+}
+
+const SCHED_ATTR_SIZE: u32 = std::mem::size_of::<SchedAttr>() as u32;
+
+/// The calling thread's scheduling attributes (`sched_getattr`).
+fn sched_attr() -> std::io::Result<SchedAttr> {
+    use nix::libc;
+    let mut attr = SchedAttr::default();
+    // SAFETY: the kernel writes at most `SCHED_ATTR_SIZE` bytes into `attr`, a live, properly laid-out
+    // `struct sched_attr` of exactly that size on our stack; pid 0 is the calling thread.
+    // JUSTIFICATION: neither nix nor std wraps sched_getattr/sched_setattr.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_getattr, 0, &mut attr as *mut SchedAttr, SCHED_ATTR_SIZE, 0u32) };
+    if rc == 0 {
+        Ok(attr)
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The calling thread's time slice under the fair scheduler, in nanoseconds (0 before Linux 6.12, which
+/// has no per-thread slice).
+pub(crate) fn slice() -> std::io::Result<u64> {
+    Ok(sched_attr()?.runtime)
+}
+
+/// Asks the kernel's fair scheduler for a time slice of `slice_ns` for the calling thread (Linux 6.12 and
+/// later: `sched_attr.sched_runtime` under `SCHED_OTHER`, clamped by the kernel to 0.1–100 ms; older
+/// kernels ignore it). Niceness and everything else stay as they are: the current attributes are read
+/// first. A thread under another policy (real-time, batch, set by the operator) is left alone.
+pub(crate) fn request_slice(slice_ns: u64) -> std::io::Result<()> {
+    use nix::libc;
+    let mut attr = sched_attr()?;
+    if attr.policy != libc::SCHED_OTHER as u32 {
+        return Ok(());
+    }
+    attr.size = SCHED_ATTR_SIZE;
+    attr.flags = 0;
+    attr.runtime = slice_ns;
+    // SAFETY: the kernel reads `SCHED_ATTR_SIZE` bytes of `attr` (initialised above) and writes nothing.
+    // JUSTIFICATION: as in `sched_attr`.
+    let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0u32) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}

@@ -96,6 +96,14 @@ pub struct Config {
     /// sessions, bounded queue). Default: one per available core.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub encoder_threads: Option<u16>,
+    /// Time slice, in microseconds, that each encoder thread asks of the kernel's fair scheduler (Linux
+    /// 6.12 and later; older kernels ignore it). A short slice lets a woken encoder thread preempt a busy
+    /// core's running task at once instead of after that task's slice, which keeps the handoff from a
+    /// published frame to its encode short when the cores are busy; the threads' share of the CPU does not
+    /// change. Much shorter than an encode (100) splits encodes on busy cores and lowered the frame rate at
+    /// 10 sessions in guacr-bench (BENCHMARKS.md). 0 leaves the kernel's default.
+    #[arg(long, env = "GUACR_ENCODER_SLICE_US", value_parser = clap::value_parser!(u32).range(0..=100_000), default_value_t = 300)]
+    pub encoder_slice_us: u32,
     /// A session whose recording (`recording-path`) cannot be opened or stops (disk full, a disk that
     /// does not keep up) ends with `error` 512, instead of going on unrecorded as in guacd.
     #[arg(long)]

@@ -19,8 +19,10 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+use tracing::{debug, warn};
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
@@ -90,13 +92,31 @@ pub struct EncoderPool {
 }
 
 impl EncoderPool {
-    /// Starts `threads` encoder threads (at least one), admitting at most `capacity` jobs at once.
+    /// Starts `threads` encoder threads (at least one), admitting at most `capacity` jobs at once, with the
+    /// kernel's default time slice.
+    #[cfg(test)]
     pub fn new(threads: usize, capacity: usize) -> std::io::Result<Self> {
+        Self::with_slice(threads, capacity, None)
+    }
+
+    /// Like [`EncoderPool::new`], each thread asking the kernel for a time slice of `slice` (`--encoder-slice-us`).
+    ///
+    /// Why: on busy cores (the peers, the workers and other sessions all runnable) a woken encoder thread
+    /// otherwise waits for the running task's slice (1.4 ms by default on two cores) before it gets the
+    /// core, which is the handoff's tail. With a short slice EEVDF gives it an earlier deadline, so it
+    /// preempts at once; the CPU share it gets is the same.
+    pub fn with_slice(threads: usize, capacity: usize, slice: Option<Duration>) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let inner = Arc::new(Inner { queue: Mutex::new(Queue::default()), wake: Condvar::new() });
         for i in 0..threads {
             let inner = inner.clone();
             std::thread::Builder::new().name(format!("guacr-encode-{i}")).spawn(move || {
+                if let Some(slice) = slice {
+                    match shm_proto::request_thread_slice(slice) {
+                        Ok(()) => debug!(thread = i, slice_us = slice.as_micros(), "Encoder thread's time slice set"),
+                        Err(e) => warn!(thread = i, error = %e, "The kernel refused the encoder thread's time slice"),
+                    }
+                }
                 while let Some(job) = inner.next() {
                     job();
                 }
@@ -188,7 +208,6 @@ impl Drop for EncoderPool {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::Duration;
 
     #[tokio::test]
     async fn runs_jobs_and_returns_results() {
@@ -273,5 +292,24 @@ mod tests {
         release_tx.send(()).unwrap();
         first.await.unwrap().unwrap();
         assert_eq!(second.await.unwrap(), 1);
+    }
+
+    /// Threads of a pool with a slice run under that slice; a pool without one leaves the kernel's default.
+    #[tokio::test]
+    async fn encoder_threads_run_with_the_requested_slice() {
+        let default = std::thread::spawn(shm_proto::thread_slice).join().unwrap().unwrap();
+        let pool = EncoderPool::with_slice(2, 8, Some(Duration::from_micros(250))).unwrap();
+        let (a, b) = tokio::join!(pool.run(0, shm_proto::thread_slice), pool.run(1, shm_proto::thread_slice));
+        let plain = EncoderPool::new(1, 8).unwrap();
+        let unchanged = plain.run(0, shm_proto::thread_slice).await.unwrap().unwrap();
+        assert_eq!(unchanged, default, "a pool without a slice changed the thread's slice");
+        if default.is_zero() {
+            // A kernel before 6.12 has no per-thread slice: it accepts the request and reports none.
+            eprintln!("this kernel has no per-thread slice; checked that the request is harmless");
+            assert_eq!((a.unwrap().unwrap(), b.unwrap().unwrap()), (Duration::ZERO, Duration::ZERO));
+        } else {
+            assert_eq!(a.unwrap().unwrap(), Duration::from_micros(250));
+            assert_eq!(b.unwrap().unwrap(), Duration::from_micros(250));
+        }
     }
 }

@@ -105,7 +105,8 @@ fn run(config: Config) -> anyhow::Result<()> {
         config.encoder_threads.map_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()), usize::from);
     // Room for a few queued frames per thread; a session has at most one encode in flight, so with more
     // sessions than that, sessions wait their turn for a place (backpressure, like a slow client).
-    let encoders = encoder_pool::EncoderPool::new(threads, threads * 16)
+    let slice = (config.encoder_slice_us > 0).then(|| std::time::Duration::from_micros(config.encoder_slice_us.into()));
+    let encoders = encoder_pool::EncoderPool::with_slice(threads, threads * 16, slice)
         .map_err(|e| anyhow::anyhow!("cannot start the encoder threads: {e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let tls = match (&config.tls_cert, &config.tls_key) {
