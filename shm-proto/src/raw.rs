@@ -203,8 +203,10 @@ pub(crate) fn request_slice(slice_ns: u64) -> std::io::Result<()> {
     if attr.policy != libc::SCHED_OTHER as u32 {
         return Ok(());
     }
+    /// The kernel's `SCHED_FLAG_RESET_ON_FORK`: kept if the operator set it; no other flag is sent.
+    const RESET_ON_FORK: u64 = 0x01;
     attr.size = SCHED_ATTR_SIZE;
-    attr.flags = 0;
+    attr.flags &= RESET_ON_FORK;
     attr.runtime = slice_ns;
     // SAFETY: the kernel reads `SCHED_ATTR_SIZE` bytes of `attr` (initialised above) and writes nothing.
     // JUSTIFICATION: as in `sched_attr`.
