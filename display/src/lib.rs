@@ -616,8 +616,12 @@ impl Planner {
         // Rows y (destination) whose source y - dy lies in the box.
         let ya = (i64::from(y0) + dy.max(0)) as u32;
         let yb = (i64::from(y1) + dy.min(0)) as u32;
-        let matches =
-            |y: u32, c: u32| self.frame_seg(y, c) == self.seg[((i64::from(y) - dy) as u32 * cols + c) as usize];
+        // An unknown source segment matches nothing: an undamaged tile's frame hash is the client's, so two
+        // unknown segments would compare equal although nobody knows what either shows.
+        let matches = |y: u32, c: u32| {
+            let old = self.seg[((i64::from(y) - dy) as u32 * cols + c) as usize];
+            old != UNKNOWN && self.frame_seg(y, c) == old
+        };
         let agree: Vec<bool> =
             (c0..c1).map(|c| (ya..yb).filter(|y| matches(*y, c)).count() as u32 >= MIN_SCROLL_ROWS).collect();
         let (mut best, mut run_start) = ((0, 0), None);
