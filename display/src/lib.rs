@@ -438,21 +438,19 @@ impl Planner {
             return false;
         }
         emit_copy(out, src_x, src_y, dst);
-        let (c0, c1) = (dst.x / TILE, (dst.x + dst.w).div_ceil(TILE));
-        let whole = |c: u32| src_x == dst.x && c * TILE >= dst.x && (c * TILE + TILE).min(self.width) <= dst.x + dst.w;
-        let cols = self.cols as usize;
-        let mut moved = Vec::with_capacity(dst.h as usize * (c1 - c0) as usize);
-        for i in 0..dst.h {
-            for c in c0..c1 {
-                moved.push(if whole(c) { self.seg[(src_y + i) as usize * cols + c as usize] } else { UNKNOWN });
-            }
-        }
-        let mut it = moved.into_iter();
-        for i in 0..dst.h {
-            for c in c0..c1 {
-                self.seg[(dst.y + i) as usize * cols + c as usize] = it.next().unwrap_or(UNKNOWN);
-            }
-        }
+        let (c0, c1) = ((dst.x / TILE) as usize, (dst.x + dst.w).div_ceil(TILE) as usize);
+        // Columns whose whole segment lies inside the copy and moves straight up or down: a contiguous run
+        // (empty when the copy moves sideways).
+        let (w0, w1) = if src_x == dst.x {
+            let w0 = dst.x.div_ceil(TILE) as usize;
+            let right = dst.x + dst.w;
+            // A column is whole when it ends inside the copy; the last column ends at the frame's edge.
+            let w1 = if right == self.width { c1 } else { (right / TILE) as usize };
+            (w0, w1.max(w0))
+        } else {
+            (c0, c0)
+        };
+        self.move_segments(src_y, dst.y, dst.h, (c0, c1), (w0, w1));
         // Lossy pixels copied, or a lossy tile partly overwritten: repaint the destination's tiles.
         // Tiles forced earlier in this frame still show copied lossy pixels: they count as lossy.
         let lossy = self.any_lossy(src) || self.any_flag(src, FORCE) || self.any_lossy(dst);
@@ -464,6 +462,24 @@ impl Planner {
         // the damage painted, as for any damage). Rehashing the destination instead cost more than the
         // rest of the frame on a terminal scrolling line by line (every frame hashed the whole text area).
         true
+    }
+
+    /// Moves the segment hashes of columns `whole` (a run inside `cols`) from rows `src_y..` to rows `dst_y..`
+    /// (`h` rows), and marks the destination's other columns of `cols` unknown. Row by row, in the order
+    /// that reads every source row before it is overwritten (the two ranges may overlap).
+    fn move_segments(&mut self, src_y: u32, dst_y: u32, h: u32, (c0, c1): (usize, usize), (w0, w1): (usize, usize)) {
+        let cols = self.cols as usize;
+        let mut move_row = |i: u32| {
+            let (from, to) = ((src_y + i) as usize * cols, (dst_y + i) as usize * cols);
+            self.seg.copy_within(from + w0..from + w1, to + w0);
+            self.seg[to + c0..to + w0].fill(UNKNOWN);
+            self.seg[to + w1..to + c1].fill(UNKNOWN);
+        };
+        if dst_y > src_y {
+            (0..h).rev().for_each(&mut move_row);
+        } else {
+            (0..h).for_each(&mut move_row);
+        }
     }
 
     /// Hashes every flagged tile of the frame into `next` and notes which are one colour.
@@ -677,17 +693,14 @@ impl Planner {
     fn apply_scroll(&mut self, sc: Scroll, out: &mut BytesMut) {
         let dst = Rect::new(sc.x, sc.dst_y, sc.w, sc.h);
         emit_copy(out, sc.x, sc.src_y, dst);
-        let cols = self.cols as usize;
-        let moved: Vec<u64> = (0..sc.h)
-            .flat_map(|i| (sc.c0..sc.c1).map(move |c| (sc.src_y + i) as usize * cols + c as usize))
-            .map(|i| self.seg[i])
-            .collect();
-        let mut it = moved.into_iter();
-        for i in 0..sc.h {
-            for c in sc.c0..sc.c1 {
-                self.seg[(sc.dst_y + i) as usize * cols + c as usize] = it.next().unwrap_or(UNKNOWN);
-            }
-        }
+        // Whole segments move: their hashes move with them.
+        self.move_segments(
+            sc.src_y,
+            sc.dst_y,
+            sc.h,
+            (sc.c0 as usize, sc.c1 as usize),
+            (sc.c0 as usize, sc.c1 as usize),
+        );
     }
 
     /// Paints the changed and forced tiles: solid runs as fills, the rest as images of merged tiles.
