@@ -219,7 +219,7 @@ fn frame(p: &mut Planner, s: &Surface, ops: &[DamageOp], set: &Settings, now: In
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Lossless: after every frame the client shows exactly the surface.
     #[test]
@@ -312,7 +312,7 @@ fn hinted_scroll(s: &mut Surface, rng: &mut Rng) -> Vec<DamageOp> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// Hinted scrolls whose segments move whole (their hashes move instead of being recomputed), mixed
     /// with random frames: the client still shows exactly the surface after every frame.
