@@ -213,6 +213,16 @@ fn random_frame(s: &mut Surface, rng: &mut Rng) -> Vec<DamageOp> {
     ops
 }
 
+/// A session's start: the surface drawn from `seed`, and a planner that has sent all of it on `wire`.
+fn start(seed: u64, w: u32, h: u32, set: &Settings, t0: Instant) -> (Rng, Surface, Planner, BytesMut) {
+    let mut rng = Rng(seed | 1);
+    let s = Surface::new(w, h, &mut rng);
+    let mut p = Planner::new();
+    let mut wire = BytesMut::new();
+    p.encode_frame(&s, &Damage { width: w, height: h, ops: &[], full: true }, set, t0, &mut wire);
+    (rng, s, p, wire)
+}
+
 fn frame(p: &mut Planner, s: &Surface, ops: &[DamageOp], set: &Settings, now: Instant, wire: &mut BytesMut) -> Stats {
     let d = Damage { width: s.w, height: s.h, ops, full: false };
     p.encode_frame(s, &d, set, now, wire)
@@ -320,13 +330,9 @@ proptest! {
     fn hinted_scrolls_composite_to_the_surface(
         seed in any::<u64>(), w in 1u32..300, h in 1u32..260, frames in 1usize..10
     ) {
-        let mut rng = Rng(seed | 1);
-        let mut s = Surface::new(w, h, &mut rng);
-        let mut p = Planner::new();
         let set = Settings::default();
-        let mut wire = BytesMut::new();
         let t0 = Instant::now();
-        p.encode_frame(&s, &Damage { width: w, height: h, ops: &[], full: true }, &set, t0, &mut wire);
+        let (mut rng, mut s, mut p, mut wire) = start(seed, w, h, &set, t0);
         for i in 0..frames {
             // One kind per frame: a copy hint must never read pixels dirtied earlier in its frame (the
             // worker turns those into `Dirty`), which mixing the two generators could break.
@@ -424,14 +430,9 @@ fn naive_mode_sends_every_damaged_rectangle() {
 /// segments must match nothing.
 #[test]
 fn the_scroll_search_never_matches_unknown_segments() {
-    let (w, h) = (138, 252);
-    let mut rng = Rng(1_221_743_142_874_034_594 | 1);
-    let mut s = Surface::new(w, h, &mut rng);
-    let mut p = Planner::new();
     let set = Settings::default();
-    let mut wire = BytesMut::new();
     let t0 = Instant::now();
-    p.encode_frame(&s, &Damage { width: w, height: h, ops: &[], full: true }, &set, t0, &mut wire);
+    let (mut rng, mut s, mut p, mut wire) = start(1_221_743_142_874_034_594, 138, 252, &set, t0);
     let mut partial_copies = 0;
     for i in 0..6 {
         let ops = random_frame(&mut s, &mut rng);
