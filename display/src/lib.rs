@@ -464,8 +464,8 @@ impl Planner {
         true
     }
 
-    /// Moves the segment hashes of columns `whole` (a run inside `cols`) from rows `src_y..` to rows `dst_y..`
-    /// (`h` rows), and marks the destination's other columns of `cols` unknown. Row by row, in the order
+    /// Moves the segment hashes of columns `w0..w1` from rows `src_y..` to rows `dst_y..` (`h` rows), and
+    /// marks the destination's other columns of `c0..c1` (which holds `w0..w1`) unknown. Row by row, in the order
     /// that reads every source row before it is overwritten (the two ranges may overlap).
     fn move_segments(&mut self, src_y: u32, dst_y: u32, h: u32, (c0, c1): (usize, usize), (w0, w1): (usize, usize)) {
         let cols = self.cols as usize;
