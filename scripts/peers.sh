@@ -25,7 +25,8 @@
 #   ssh       OpenSSH sshd with its own config and host keys on 127.0.0.1:2222 ($RUN/ssh); user guactest,
 #             password guacpass (password and keyboard-interactive), client keys in $RUN/ssh/keys:
 #             id_ed25519, id_ed25519_pass (passphrase "keypass"), id_rsa (PEM, 2048), id_ecdsa, id_ecdsa_short
-#             (worker-ssh/testdata: a P-256 key with a 31-byte scalar);
+#             (worker-ssh/testdata: a P-256 key with a 31-byte scalar), id_ecdsa_short_pass (the same key,
+#             passphrase "keypass");
 #             the server's public keys in $RUN/ssh/known_hosts; port 2223 is the same sshd without the
 #             "password" method (keyboard-interactive only)
 #
@@ -342,6 +343,9 @@ ssh_setup() {
   # worker-ssh repairs it before decoding): the login test uses it every time, not by chance.
   install -m 600 "$REPO/worker-ssh/testdata/ecdsa_p256_short_scalar" "$SSH_DIR/keys/id_ecdsa_short"
   ssh-keygen -y -f "$SSH_DIR/keys/id_ecdsa_short" >"$SSH_DIR/keys/id_ecdsa_short.pub" 9>&-
+  # The same key protected by the passphrase "keypass" (aes256-ctr, bcrypt-pbkdf): worker-ssh decrypts it
+  # itself to repair it. Its public half is id_ecdsa_short.pub.
+  install -m 600 "$REPO/worker-ssh/testdata/ecdsa_p256_short_scalar_aes256ctr" "$SSH_DIR/keys/id_ecdsa_short_pass"
   for k in ed25519 ecdsa rsa; do
     printf '[127.0.0.1]:%s %s\n' "$SSH_PORT" "$(<"$SSH_DIR/host_$k.pub")"
   done >"$SSH_DIR/known_hosts"

@@ -101,11 +101,13 @@ pub struct SshPeer {
     pub username: String,
     pub password: String,
     /// `$RUN/ssh`: `keys/id_ed25519`, `keys/id_ed25519_pass` (passphrase [`SSH_KEY_PASSPHRASE`]),
-    /// `keys/id_rsa` (PEM), `keys/id_ecdsa`, and `known_hosts` (the server's keys).
+    /// `keys/id_rsa` (PEM), `keys/id_ecdsa`, `keys/id_ecdsa_short` (a P-256 key with a 31-byte scalar),
+    /// `keys/id_ecdsa_short_pass` (the same key, passphrase [`SSH_KEY_PASSPHRASE`]), and `known_hosts`
+    /// (the server's keys).
     pub dir: std::path::PathBuf,
 }
 
-/// Passphrase of `keys/id_ed25519_pass`.
+/// Passphrase of `keys/id_ed25519_pass` and `keys/id_ecdsa_short_pass`.
 pub const SSH_KEY_PASSPHRASE: &str = "keypass";
 
 impl SshPeer {

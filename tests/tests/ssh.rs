@@ -273,6 +273,8 @@ async fn private_keys_log_in() {
         ("id_ecdsa", None),
         // Its private scalar starts with a zero byte, which the key decoder refuses unless repaired.
         ("id_ecdsa_short", None),
+        // The same key protected by a passphrase: decrypted by the worker before it is repaired.
+        ("id_ecdsa_short_pass", Some(peers::SSH_KEY_PASSPHRASE)),
     ];
     for (name, passphrase) in cases {
         let key = peer.private_key(name);

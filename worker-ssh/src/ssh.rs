@@ -13,7 +13,6 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tracing::{debug, info};
 
-use crate::private_key::repair;
 use crate::settings::Settings;
 
 /// Guacamole status codes (guacd-wire.md §7).
@@ -109,7 +108,7 @@ pub async fn connect(
     // Load the key before connecting: a bad key or passphrase is the user's error, not the server's.
     let private_key = match &settings.private_key {
         Some(text) => {
-            Some(Arc::new(keys::decode_secret_key(&repair(text), settings.passphrase.as_deref()).map_err(|e| {
+            Some(Arc::new(crate::private_key::decode(text, settings.passphrase.as_deref()).map_err(|e| {
                 Failure::new(status::CLIENT_UNAUTHORIZED, format!("The private key cannot be read: {e}"))
             })?))
         }
