@@ -49,6 +49,10 @@ const SIGNATURE_LEN: usize = 8;
 const FIPS_IV: [u8; 8] = [0x12, 0x34, 0x56, 0x78, 0x90, 0xab, 0xcd, 0xef];
 /// The T.124 object identifier that opens the GCC Conference Create Response.
 const T124_OID: [u8; 7] = [0x00, 0x05, 0x00, 0x14, 0x7c, 0x00, 0x01];
+/// The H.221 key of the server's GCC user data (2.2.1.4: "McDn"), just before the data blocks.
+const H221_SERVER_KEY: &[u8] = b"McDn";
+/// The Server Security Data block's type (SC_SECURITY, 2.2.1.4.3).
+const SC_SECURITY: u16 = 0x0c02;
 /// RSA moduli we take from a server certificate, in bits (Windows and xrdp use 512 or 2048; the 256-bit
 /// client random must be smaller than the modulus).
 const MIN_MODULUS_BITS: u32 = 512;
@@ -674,6 +678,10 @@ impl Shim {
     }
 
     fn connect_response(&mut self, data: &[u8]) -> Result<Vec<u8>, StdSecError> {
+        // IronRDP decodes at most 1 KiB of server certificate; a licensed Windows server sends an X.509
+        // chain of several certificates. The certificate is read here and IronRDP decodes the rest.
+        let lifted = lift_server_certificate(data);
+        let data = lifted.as_ref().map_or(data, |(without_cert, _)| without_cert.as_slice());
         let response =
             ironrdp_pdu::decode::<ConnectResponse>(data).map_err(|e| malformed("MCS Connect Response", e))?;
         let security = response.conference_create_response.gcc_blocks().security.clone();
@@ -689,7 +697,7 @@ impl Shim {
         }
         tracing::info!(method = ?method, level = ?security.encryption_level, "Standard RDP security with encryption");
         let server_random = security.server_random.ok_or(malformed("server security data", "no server random"))?;
-        let key = parse_server_certificate(&security.server_cert)?;
+        let key = parse_server_certificate(lifted.as_ref().map_or(&security.server_cert, |(_, cert)| cert))?;
         let client_random = (self.random)()?;
         let encrypted = key.encrypt(&client_random);
         let mut exchange = Vec::with_capacity(8 + encrypted.len());
@@ -712,6 +720,47 @@ impl Shim {
         }));
         x224_frame(rewritten)
     }
+}
+
+/// The Server Security Data's certificate lifted out of a Connect Response (its MCS payload): the
+/// response with the certificate's length set to 0, and the certificate. The blocks keep their lengths:
+/// IronRDP reads a block's fields from the start and ignores what follows them. `None` when the response
+/// has no encrypting Security Data or its blocks cannot be walked; IronRDP's decoder then judges it whole.
+fn lift_server_certificate(data: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
+    let find = |from: usize, what: &[u8]| {
+        data.get(from..)?.windows(what.len()).position(|w| w == what).map(|at| from + at + what.len())
+    };
+    let key_end = find(find(0, &T124_OID)?, H221_SERVER_KEY)?;
+    // The user data's PER length (X.691: one byte, or two with the top bits 10).
+    let first = *data.get(key_end)?;
+    let (len, mut at) = if first & 0x80 == 0 {
+        (usize::from(first), key_end + 1)
+    } else if first & 0xc0 == 0x80 {
+        (usize::from(first & 0x3f) << 8 | usize::from(*data.get(key_end + 1)?), key_end + 2)
+    } else {
+        return None;
+    };
+    let end = at.checked_add(len).filter(|end| *end <= data.len())?;
+    let le16 = |i: usize| data.get(i..i + 2).map(|b| usize::from(u16::from_le_bytes([b[0], b[1]])));
+    let le32 = |i: usize| data.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+    while at + 4 <= end {
+        let (kind, block_len) = (le16(at)?, le16(at + 2)?);
+        let block_end = at.checked_add(block_len).filter(|e| block_len > 4 && *e <= end)?;
+        if kind == usize::from(SC_SECURITY) {
+            // encryptionMethod, encryptionLevel, serverRandomLen, serverCertLen, serverRandom, serverCert.
+            let fields = at + 4;
+            if block_end < fields + 16 || le32(fields)? == 0 {
+                return None;
+            }
+            let cert_at = (fields + 16).checked_add(le32(fields + 8)?)?;
+            let cert_end = cert_at.checked_add(le32(fields + 12)?).filter(|e| *e <= block_end)?;
+            let mut without_cert = data.to_vec();
+            without_cert[fields + 12..fields + 16].fill(0);
+            return Some((without_cert, data[cert_at..cert_end].to_vec()));
+        }
+        at = block_end;
+    }
+    None
 }
 
 /// The Connect Response with Security Data "none", which IronRDP accepts. IronRDP keeps the GCC node id
@@ -1419,18 +1468,38 @@ mod tests {
         assert_eq!((key.exponent.clone(), key.key_len), (BigUint::from(65537u32), 128 + 8));
         assert_eq!(key.encrypt(&CLIENT_RANDOM).len(), 136);
 
-        // Through the shim (one certificate: IronRDP's Connect Response decoder takes at most 1 KiB of
-        // certificate): the Security Exchange carries a value of the key's size.
+        // Through the shim, with one certificate and with the chain of two, which is over the 1 KiB of
+        // certificate that IronRDP's Connect Response decoder takes (a licensed Windows server sends such
+        // chains): the Security Exchange carries a value of the key's size.
         let mut single = (2u32 | 0x8000_0000).to_le_bytes().to_vec();
         single.extend_from_slice(&1u32.to_le_bytes());
         single.extend_from_slice(&(der.len() as u32).to_le_bytes());
         single.extend_from_slice(&der);
         single.extend_from_slice(&[0; 12]);
-        let mut shim = shim();
-        shim.outgoing(&unhex(CONNECT_INITIAL)).unwrap();
-        shim.incoming(&connect_response(fips_security(single))).unwrap();
-        let sent = requests(shim.outgoing(&send_data_request(&[0x40, 0, 0, 0, 1])).unwrap());
-        assert_eq!(sent[0].len(), 8 + 136);
+        assert!(chain.len() > 1024 && single.len() <= 1024, "{} and {} bytes", chain.len(), single.len());
+        let big = connect_response(fips_security(chain.clone()));
+        assert!(
+            ironrdp_pdu::decode::<ConnectResponse>(x224_payload(&big).unwrap().as_ref()).is_err(),
+            "IronRDP alone refuses the chain: the reason for lift_server_certificate"
+        );
+        for (cert, response) in [(single.clone(), connect_response(fips_security(single))), (chain.clone(), big)] {
+            let data = x224_payload(&response).unwrap();
+            let (without_cert, lifted) = lift_server_certificate(&data).expect("the certificate is found");
+            assert_eq!(lifted, cert);
+            assert_eq!(without_cert.len(), data.len(), "no length changes");
+            let mut shim = shim();
+            shim.outgoing(&unhex(CONNECT_INITIAL)).unwrap();
+            let passed_on = shim.incoming(&response).unwrap();
+            assert!(shim.encrypted());
+            // IronRDP, behind the shim, sees a response without security, as for a short certificate.
+            let passed_on = ironrdp_pdu::decode::<ConnectResponse>(x224_payload(&passed_on).unwrap().as_ref()).unwrap();
+            assert!(passed_on.conference_create_response.gcc_blocks().security.encryption_method.is_empty());
+            let sent = requests(shim.outgoing(&send_data_request(&[0x40, 0, 0, 0, 1])).unwrap());
+            assert_eq!(sent[0].len(), 8 + 136);
+        }
+        // A response without encryption has nothing to lift.
+        let plain = connect_response(ServerSecurityData::no_security());
+        assert_eq!(lift_server_certificate(&x224_payload(&plain).unwrap()), None);
 
         // Damaged chains are refused.
         for bad in [&chain[..20], &chain[..8 + 4 + der.len() + 4 + 10]] {
