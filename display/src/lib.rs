@@ -160,6 +160,8 @@ const REHASH: u8 = 2;
 const FORCE: u8 = 4;
 const HASHED: u8 = 8;
 const CHANGED: u8 = 16;
+/// Hashed from its damaged rows only: `scratch.frame` does not hold all of the tile's pixels.
+const PARTIAL: u8 = 32;
 
 /// One user's display state: what its client shows, as far as the planner knows.
 #[derive(Debug, Default, Clone)]
@@ -483,6 +485,14 @@ impl Planner {
     }
 
     /// Hashes every flagged tile of the frame into `next` and notes which are one colour.
+    ///
+    /// A run of tiles that only damage flagged (no lossy repaint, no resize or full frame) is read and
+    /// hashed over the rows its damage covers; its other rows keep the hashes the client shows, known or
+    /// unknown. The client already shows the frame's pixels there: nothing outside the damage changed
+    /// since they were painted or copied (the rule `image` paints by). Such a tile is `PARTIAL` (the
+    /// scratch buffer lacks some of its rows). It is one colour when its damaged rows are and its other
+    /// rows hash like a row of that colour. A followed log damages a strip of 13 of a tile's 64 rows per
+    /// frame, and the blank ends of its lines are such tiles.
     fn hash_tiles(&mut self, src: &dyn Source) {
         let cols = self.cols as usize;
         for row in 0..self.rows {
@@ -500,9 +510,15 @@ impl Planner {
                 // One read for the run of tiles: rows are contiguous in the buffer.
                 let x = c0 * TILE;
                 let y = row * TILE;
-                let band = Rect::new(x, y, (c * TILE).min(self.width) - x, TILE.min(self.height - y));
+                let whole = Rect::new(x, y, (c * TILE).min(self.width) - x, TILE.min(self.height - y));
+                let only_damage = (c0..c).all(|tc| self.flags[(row * self.cols + tc) as usize] & (REHASH | FORCE) == 0);
+                let band = match only_damage.then(|| self.damage_within(whole)).flatten() {
+                    Some(d) => Rect::new(x, d.y, whole.w, d.h),
+                    None => whole,
+                };
+                let partial = band.h < whole.h;
                 let stride = self.width as usize * 4;
-                let base = y as usize * stride + x as usize * 4;
+                let base = band.y as usize * stride + x as usize * 4;
                 src.read_rect_strided(band, &mut self.scratch.frame[base..], stride);
                 for tc in c0..c {
                     let t = (row * self.cols + tc) as usize;
@@ -513,11 +529,28 @@ impl Planner {
                     let mut solid = true;
                     for i in 0..band.h as usize {
                         let bytes = &self.scratch.frame[i * stride + off..][..seg_bytes];
-                        self.next[(y as usize + i) * cols + tc as usize] = seg_hash(bytes);
+                        self.next[(band.y as usize + i) * cols + tc as usize] = seg_hash(bytes);
                         solid = solid && bytes.chunks_exact(4).all(|p| p[..3] == first);
                     }
+                    let rest = (y..band.y).chain(band.y + band.h..y + whole.h);
+                    if partial && solid {
+                        // Damaged rows of one colour (the blank end of a log line): the tile is one colour
+                        // (a fill, a few bytes) if its other rows, as the client shows them, hash like a
+                        // row of that colour. An unknown row never does.
+                        let row = &mut self.scratch.buf;
+                        row.clear();
+                        // The first pixel's own fourth byte: rows are hashed with it.
+                        let pixel: [u8; 4] = self.scratch.frame[off..off + 4].try_into().unwrap_or_default();
+                        row.extend(std::iter::repeat_n(pixel, seg_bytes / 4).flatten());
+                        let solid_row = seg_hash(row);
+                        solid = rest.clone().all(|ry| self.seg[ry as usize * cols + tc as usize] == solid_row);
+                    }
+                    for ry in rest {
+                        let i = ry as usize * cols + tc as usize;
+                        self.next[i] = self.seg[i];
+                    }
                     self.solid[t] = solid.then_some([first[2], first[1], first[0]]);
-                    self.flags[t] |= HASHED;
+                    self.flags[t] |= if partial { HASHED | PARTIAL } else { HASHED };
                 }
             }
         }
@@ -818,7 +851,7 @@ impl Planner {
         // has few colours (text: a followed log's last lines change every frame), which goes out lossless
         // anyway: then only the damage.
         let clean = tiles.iter().all(|t| self.flags[*t] & FORCE == 0 && !self.lossy.contains_key(t));
-        let hashed = tiles.iter().all(|t| self.flags[*t] & HASHED != 0);
+        let hashed = tiles.iter().all(|t| self.flags[*t] & (HASHED | PARTIAL) == HASHED);
         let damage = self.damage_within(whole).unwrap_or(whole);
         let mut pixels = std::mem::take(&mut self.scratch.buf);
         let (rect, palette) = if clean && fast && s.jpeg {
@@ -857,8 +890,8 @@ impl Planner {
         self.scratch.buf = pixels;
     }
 
-    /// BGRX of `rect` into `pixels`: from this call's copy when every tile under it was hashed (painted tiles
-    /// always are), else from the source.
+    /// BGRX of `rect` into `pixels`: from this call's copy when every tile under it was hashed whole, else
+    /// from the source.
     fn read_pixels(&self, src: &dyn Source, rect: Rect, hashed: bool, pixels: &mut Vec<u8>) {
         if hashed {
             let stride = self.width as usize * 4;

@@ -445,3 +445,75 @@ fn the_scroll_search_never_matches_unknown_segments() {
     }
     assert!(partial_copies > 0, "the case no longer has a copy that leaves unknown segments");
 }
+
+/// A source that counts the pixels the planner reads from it (shared memory, in guacr).
+struct Counting<'a> {
+    surface: &'a Surface,
+    pixels: std::cell::Cell<u64>,
+}
+
+impl Source for Counting<'_> {
+    fn read_rect(&self, r: Rect, dst: &mut Vec<u8>) {
+        self.pixels.set(self.pixels.get() + u64::from(r.w) * u64::from(r.h));
+        self.surface.read_rect(r, dst);
+    }
+}
+
+/// A followed log, as Xtigervnc sends it: the text area (not tile-aligned) scrolls up by one 13-pixel line
+/// with a `Copy` hint and the new line is reported dirty. The planner reads the new line's rows (to hash
+/// them, and again to paint them), not the 64-row tiles the line touches; once the lines' blank ends fill
+/// whole tiles, those go out as fills without being read; and the client stays exact.
+#[test]
+fn a_followed_log_reads_its_new_line_not_whole_tiles() {
+    let (w, h) = (900, 400);
+    let area = Rect::new(2, 3, 880, 390);
+    let line = 13;
+    let set = Settings::default();
+    let t0 = Instant::now();
+    let (mut rng, mut s, mut p, mut wire) = start(7, w, h, &set, t0);
+    // A white screen to start from, as a terminal's.
+    s.fill(Rect::new(0, 0, w, h), [255, 255, 255]);
+    frame(&mut p, &s, &[DamageOp::Dirty(Rect::new(0, 0, w, h))], &set, t0, &mut wire);
+    let strip = Rect::new(area.x, area.y + area.h - line, area.w, line);
+    let mut reads = Vec::new();
+    let mut fills = Vec::new();
+    for i in 0..40u64 {
+        s.copy(area.x, area.y + line, Rect::new(area.x, area.y, area.w, area.h - line));
+        // A new line: text in its first 300 pixels (every other line: 100), blank after them.
+        let seed = rng.next();
+        let text = if i % 2 == 0 { 300 } else { 100 };
+        for y in strip.y..strip.y + strip.h {
+            for x in strip.x..strip.x + strip.w {
+                let on =
+                    x < strip.x + text && (x / 3 + y / 4 + (seed as u32 & 7)).is_multiple_of(3) && y - strip.y < 10;
+                s.set(x, y, if on { [20, 20, 30] } else { [255, 255, 255] });
+            }
+        }
+        let ops = [
+            DamageOp::Copy {
+                src_x: area.x,
+                src_y: area.y + line,
+                dst: Rect::new(area.x, area.y, area.w, area.h - line),
+            },
+            DamageOp::Dirty(strip),
+        ];
+        let counting = Counting { surface: &s, pixels: std::cell::Cell::new(0) };
+        let d = Damage { width: w, height: h, ops: &ops, full: false };
+        let st = p.encode_frame(&counting, &d, &set, t0 + Duration::from_millis(5 * (i + 1)), &mut wire);
+        reads.push(counting.pixels.get());
+        fills.push(st.fills);
+        assert_exact(&composite(&wire), &s, &format!("line {i}"));
+    }
+    // The line's last 9 rows lie in the frame's last tile row (384..400), whose other 7 rows are white:
+    // where a short line replaces a long one, those tiles turn white, known from their hashes alone.
+    assert!(fills.iter().skip(1).step_by(2).all(|f| *f > 0), "fills per line {fills:?}");
+    let strip_px = u64::from(strip.w * strip.h);
+    // The strip's rows across its run of tiles (896 pixels wide), once to hash and once to paint.
+    let bound = 2 * 896 * u64::from(line);
+    assert!(
+        reads.iter().all(|r| *r <= bound),
+        "pixels read per line {reads:?}, the line has {strip_px}, bound {bound}"
+    );
+    // Whole tiles would be 14 × 64 × 64 = 57,344 pixels per line (two tile rows when it straddles one).
+    assert!(bound < 14 * 64 * 64 / 2);
+}
