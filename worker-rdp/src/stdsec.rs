@@ -1552,11 +1552,15 @@ mod tests {
                     }
                     // Fast path with the encrypted flag and a consistent length.
                     1 => fast_path(0x80 | (next() as u8 & 0x40), &[&body]).unwrap(),
-                    // The real Connect Response with random bytes flipped.
+                    // The real Connect Response with random bytes flipped, also to a shim that still awaits
+                    // it (`awaiting` stops waiting at the first one that decodes).
                     2 => {
                         let mut r = response.clone();
                         let at = (next() as usize) % r.len();
                         r[at] ^= next() as u8 | 1;
+                        let mut fresh = shim();
+                        fresh.outgoing(&unhex(CONNECT_INITIAL)).unwrap();
+                        let _ = fresh.incoming(&r);
                         r
                     }
                     // Random bytes under a TPKT header of the right length.
