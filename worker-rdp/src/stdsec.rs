@@ -727,10 +727,7 @@ impl Shim {
 /// IronRDP reads a block's fields from the start and ignores what follows them. `None` when the response
 /// has no encrypting Security Data or its blocks cannot be walked; IronRDP's decoder then judges it whole.
 fn lift_server_certificate(data: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
-    let find = |from: usize, what: &[u8]| {
-        data.get(from..)?.windows(what.len()).position(|w| w == what).map(|at| from + at + what.len())
-    };
-    let key_end = find(find(0, &T124_OID)?, H221_SERVER_KEY)?;
+    let key_end = end_of(data, end_of(data, 0, &T124_OID)?, H221_SERVER_KEY)?;
     // The user data's PER length (X.691: one byte, or two with the top bits 10).
     let first = *data.get(key_end)?;
     let (len, mut at) = if first & 0x80 == 0 {
@@ -763,12 +760,16 @@ fn lift_server_certificate(data: &[u8]) -> Option<(Vec<u8>, Vec<u8>)> {
     None
 }
 
+/// Where the first `what` at or after `from` in `data` ends.
+fn end_of(data: &[u8], from: usize, what: &[u8]) -> Option<usize> {
+    data.get(from..)?.windows(what.len()).position(|w| w == what).map(|at| from + at + what.len())
+}
+
 /// The Connect Response with Security Data "none", which IronRDP accepts. IronRDP keeps the GCC node id
 /// private, so it is read from the PER bytes behind the T.124 object identifier.
 fn without_security(data: &[u8], response: ConnectResponse) -> Result<Vec<u8>, StdSecError> {
     let bad = |detail: &str| malformed("MCS Connect Response", detail);
-    let at = data.windows(T124_OID.len()).position(|w| w == T124_OID).ok_or(bad("no T.124 identifier"))?;
-    let mut i = at + T124_OID.len();
+    let mut i = end_of(data, 0, &T124_OID).ok_or(bad("no T.124 identifier"))?;
     // connectPDU length (PER: one byte, or two with the top bit set), then the CHOICE byte.
     i += if *data.get(i).ok_or(bad("truncated"))? & 0x80 != 0 { 2 } else { 1 };
     i += 1;
