@@ -508,6 +508,8 @@ fn a_followed_log_reads_its_new_line_not_whole_tiles() {
     // where a short line replaces a long one, those tiles turn white, known from their hashes alone.
     assert!(fills.iter().skip(1).step_by(2).all(|f| *f > 0), "fills per line {fills:?}");
     let strip_px = u64::from(strip.w * strip.h);
+    // Printed for BENCHMARKS.md (`cargo test -p guac-display --test planner a_followed_log -- --nocapture`).
+    eprintln!("pixels read per line: {:?} (the line has {strip_px})", reads.iter().max());
     // The strip's rows across its run of tiles (896 pixels wide), once to hash and once to paint.
     let bound = 2 * 896 * u64::from(line);
     assert!(
