@@ -81,7 +81,7 @@ pub trait Source {
 #[derive(Debug, Default, Clone)]
 struct Scratch {
     /// Frame-sized BGRX, laid out at the frame's width: what `hash_tiles` read, `image` encodes, so every
-    /// damaged pixel crosses shared memory once.
+    /// damaged pixel of a tile read whole crosses shared memory once (a `PARTIAL` tile's paint reads again).
     frame: Vec<u8>,
     /// One image's BGRX pixels, its RGB conversion, and the encoded image.
     buf: Vec<u8>,
@@ -460,8 +460,8 @@ impl Planner {
             self.mark(dst, REHASH | FORCE);
         }
         // Otherwise nothing is hashed now: where whole segments moved the hashes moved with them, and a
-        // segment only partly covered stays unknown until damage touches its tile (then it is hashed and
-        // the damage painted, as for any damage). Rehashing the destination instead cost more than the
+        // segment only partly covered stays unknown until damage covers its row or its tile is read whole
+        // (then it is hashed, and the damage painted as for any damage). Rehashing the destination instead cost more than the
         // rest of the frame on a terminal scrolling line by line (every frame hashed the whole text area).
         true
     }
